@@ -1,0 +1,171 @@
+"""`sml`: the command line. Each command parses flags (over an optional `--config` YAML file) into a stage's
+config dataclass and calls that stage's function; nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .config import add_config_args, config_from_args, load_yaml
+
+
+def _yaml_section(args, section: str | None = None) -> dict:
+    if not getattr(args, "config", None):
+        return {}
+    values = load_yaml(args.config)
+    return values.get(section, {}) if section else values
+
+
+def _print(result: dict, as_json: bool, human=None) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(human(result) if human else json.dumps(result, indent=2))
+
+
+# --- eval -------------------------------------------------------------------------------------------------
+def _add_eval(sub):
+    from .data import DataConfig
+    from .evaluate import EvalConfig
+
+    p = sub.add_parser("eval", help="accuracy of a model on a dataset split (chain-of-thought, greedy)")
+    p.add_argument("--config", help="YAML file with eval settings (flags override it; data settings under 'data')")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    add_config_args(p, EvalConfig, skip=("data",))
+    add_config_args(p.add_argument_group("data"), DataConfig)
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args):
+    from .data import DataConfig
+    from .evaluate import EvalConfig, run_eval
+
+    values = _yaml_section(args)
+    data_values = {"split": "test", **values.pop("data", {})}
+    data = config_from_args(DataConfig, args, data_values, source=args.config or "flags")
+    config = config_from_args(EvalConfig, args, values, source=args.config or "flags")
+    config.data = data
+    metrics = run_eval(config)
+    _print(metrics, args.json, lambda m: (
+        f"{m['dataset']} {m['split']}: accuracy {m['accuracy']:.3f} ({m['n_correct']}/{m['n']}, "
+        f"95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}), no answer {m['n_no_answer']}, "
+        f"{m['seconds']} s; written to {config.out}"))
+
+
+# --- score ------------------------------------------------------------------------------------------------
+def _add_score(sub):
+    from .answers import ScoreConfig
+
+    p = sub.add_parser("score", help="re-score saved model outputs (JSONL with output and gold)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_config_args(p, ScoreConfig)
+    p.set_defaults(func=_run_score)
+
+
+def _run_score(args):
+    from .answers import ScoreConfig, score_file
+
+    config = config_from_args(ScoreConfig, args, source="flags")
+    summary = score_file(config)
+    _print(summary, args.json, lambda s: (
+        f"accuracy {s['accuracy']:.3f} ({s['n_correct']}/{s['n']}), no answer {s['n_no_answer']}"))
+
+
+# --- data -------------------------------------------------------------------------------------------------
+def _add_data(sub):
+    p = sub.add_parser("data", help="list and inspect datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    lp = dsub.add_parser("list", help="the datasets we know")
+    lp.add_argument("--json", action="store_true")
+    lp.set_defaults(func=_run_data_list)
+    sp = dsub.add_parser("show", help="counts per split, answer type and a few examples of one dataset")
+    sp.add_argument("name", help="a dataset key (see `sml data list`) or a path to a JSONL/CSV/HF dataset")
+    sp.add_argument("--data-dir", help="folder of the shared datasets (or env SML_DATA_DIR)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=_run_data_show)
+
+
+def _run_data_list(args):
+    from .data import list_datasets
+
+    rows = list_datasets()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["key"]) for r in rows)
+    for r in rows:
+        print(f"{r['key']:<{width}}  {r['answer_type']:<7} {r['source']:<9} {r['description']}")
+
+
+def _run_data_show(args):
+    from .data import describe_dataset, format_description
+
+    desc = describe_dataset(args.name, data_dir=args.data_dir)
+    _print(desc, args.json, format_description)
+
+
+# --- bench ------------------------------------------------------------------------------------------------
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="speed benchmarks against a baseline run side by side")
+    bsub = p.add_subparsers(dest="bench_command", required=True)
+    try:
+        from .generation.bench import BenchGenerateConfig
+    except ImportError:  # the engine's benchmark module is optional while it is being built
+        return
+    gp = bsub.add_parser("generate", help="our generation engine against Hugging Face generate")
+    gp.add_argument("--json", action="store_true", help="print one JSON object")
+    add_config_args(gp, BenchGenerateConfig)
+    gp.set_defaults(func=_run_bench_generate)
+
+
+def _run_bench_generate(args):
+    from .generation import bench
+
+    config = config_from_args(bench.BenchGenerateConfig, args, source="flags")
+    result = bench.run_bench_generate(config)
+    _print(result, args.json, getattr(bench, "format_bench_result", None))
+
+
+# --- models -----------------------------------------------------------------------------------------------
+def _add_model(sub):
+    p = sub.add_parser("model", help="prepare and inspect models")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    pp = msub.add_parser("prepare", help="fetch/convert a named model into the cache and print its folder")
+    pp.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    pp.set_defaults(func=_run_model_prepare)
+
+
+def _run_model_prepare(args):
+    from .models import resolve_model
+
+    print(resolve_model(args.name))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sml", description="Self-motivated Learning for language model reasoning")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_eval, _add_score, _add_data, _add_bench, _add_model):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        if args.verbose:
+            raise
+        print(f"sml {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
