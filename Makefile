@@ -18,7 +18,7 @@ install-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
 demo: install
-	$(BIN)/sml eval --model smollm2-135m-instruct --dataset gen_coin_flip --limit 50 --out runs/demo-eval
+	$(BIN)/sml eval --model smollm2-135m-instruct --dataset synthetic_coin_flip --limit 50 --out runs/demo-eval
 
 test: install-test
 	$(BIN)/python -m pytest -q
