@@ -131,7 +131,7 @@ def run_eval(config: EvalConfig, model=None, tokenizer=None) -> dict:
     """Evaluate and return the metrics. Pass `model`/`tokenizer` to evaluate one already in memory."""
     from .answers import answers_match, extract_answer
     from .generation import SamplingParams, make_generator
-    from .prompts import build_prompt, load_exemplars, stop_strings
+    from .prompts import build_prompt, load_exemplars, load_templates, stop_strings
 
     if not config.out:
         raise ValueError("eval needs an output folder: pass --out DIR")
@@ -173,6 +173,7 @@ def run_eval(config: EvalConfig, model=None, tokenizer=None) -> dict:
         params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0,
                                 stop=stop_strings(tokenizer, config.chat))
         exemplar_cache: dict[str, list] = {}
+        templates = load_templates(config.templates)
 
         def prompt_for(ex: Example) -> str:
             pairs = None
@@ -183,7 +184,7 @@ def run_eval(config: EvalConfig, model=None, tokenizer=None) -> dict:
                                                          config.num_exemplars)
                 pairs = exemplar_cache[key]
             return build_prompt(ex, tokenizer, style=config.prompt, exemplars=pairs, chat=config.chat,
-                                templates=config.templates)
+                                templates=templates)
 
         progress = None
         if config.progress:

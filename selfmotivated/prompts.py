@@ -42,10 +42,14 @@ class PromptConfig:
             raise ValueError(f"prompt chat must be auto, always or never, got {self.chat!r}")
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=1)
+def _builtin_templates() -> str:
+    return resources.files("selfmotivated.resources").joinpath("prompt_templates.json").read_text()
+
+
 def load_templates(path: str | None = None) -> dict:
     """Our templates, updated with the keys of the user's file when one is given."""
-    templates = json.loads(resources.files("selfmotivated.resources").joinpath("prompt_templates.json").read_text())
+    templates = json.loads(_builtin_templates())
     if path:
         try:
             user = json.loads(Path(path).read_text())

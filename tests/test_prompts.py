@@ -98,4 +98,4 @@ def test_user_templates_override_and_validate(tmp_path):
     assert build_messages(NUMBER, templates=templates)[0]["content"] == "Solve: What is 2 + 3?"
     path.write_text(json.dumps({"zero_shoot": "x"}))
     with pytest.raises(ValueError, match="unknown template keys"):
-        load_templates(str(path) + "")  # new path string: not cached
+        load_templates(str(path))
