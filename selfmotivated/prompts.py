@@ -190,12 +190,3 @@ def _adds_bos(tokenizer) -> bool:
 def stop_strings(tokenizer, chat: str = "auto") -> tuple[str, ...]:
     """Stop strings for generation: plain-text prompts stop at the next exemplar question."""
     return () if use_chat(tokenizer, chat) else PLAIN_TEXT_STOP
-
-
-def build_response(rationale: str, answer: str, answer_type: str) -> str:
-    """A training response: the rationale (its own final-answer line removed) plus our final-answer line."""
-    from .answers import format_answer_line, strip_answer_line
-
-    body = strip_answer_line(rationale).rstrip()
-    line = format_answer_line(answer, answer_type)
-    return f"{body} {line}" if body else line
