@@ -25,33 +25,110 @@ def _print(result: dict, as_json: bool, human=None) -> None:
         print(human(result) if human else json.dumps(result, indent=2))
 
 
-# --- eval -------------------------------------------------------------------------------------------------
-def _add_eval(sub):
+# --- stages that read a dataset: eval, generate ------------------------------------------------------------
+def _add_data_stage(sub, name: str, help_text: str, cls, split: str, func, out_field: str = "out"):
+    """A command whose config has a nested `data: DataConfig`: flags for both, YAML keys with `data:` nested."""
+    from .config import MISSING
     from .data import DataConfig
-    from .evaluate import EvalConfig
 
-    p = sub.add_parser("eval", help="accuracy of a model on a dataset split (chain-of-thought, greedy)")
-    p.add_argument("--config", help="YAML file with eval settings (flags override it; data settings under 'data')")
-    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    add_config_args(p, EvalConfig, skip=("data",))
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--config", help="YAML file with the settings (flags override it; data settings under 'data')")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--out", *([f"--{out_field.replace('_', '-')}"] if out_field != "out" else []), dest=out_field,
+                   default=MISSING, help="output folder")
+    add_config_args(p, cls, skip=("data", out_field))
     add_config_args(p.add_argument_group("data"), DataConfig)
-    p.set_defaults(func=_run_eval)
+    p.set_defaults(func=func, config_cls=cls, data_split=split)
+
+
+def _data_stage_config(args):
+    from .data import DataConfig
+
+    values = _yaml_section(args)
+    data_values = {"split": args.data_split, **values.pop("data", {})}
+    source = args.config or "flags"
+    config = config_from_args(args.config_cls, args, values, source=source)
+    config.data = config_from_args(DataConfig, args, data_values, source=source)
+    return config
 
 
 def _run_eval(args):
-    from .data import DataConfig
-    from .evaluate import EvalConfig, run_eval
+    from .evaluate import run_eval
 
-    values = _yaml_section(args)
-    data_values = {"split": "test", **values.pop("data", {})}
-    data = config_from_args(DataConfig, args, data_values, source=args.config or "flags")
-    config = config_from_args(EvalConfig, args, values, source=args.config or "flags")
-    config.data = data
+    config = _data_stage_config(args)
     metrics = run_eval(config)
     _print(metrics, args.json, lambda m: (
         f"{m['dataset']} {m['split']}: accuracy {m['accuracy']:.3f} ({m['n_correct']}/{m['n']}, "
         f"95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}), no answer {m['n_no_answer']}, "
         f"{m['seconds']} s; written to {config.out}"))
+
+
+def _run_generate(args):
+    from .rationales import format_stats, rationale_stats, run_generate
+
+    config = _data_stage_config(args)
+    result = run_generate(config)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_stats(rationale_stats(config.run_dir)))
+
+
+def _add_eval(sub):
+    from .evaluate import EvalConfig
+
+    _add_data_stage(sub, "eval", "accuracy of a model on a dataset split (chain-of-thought, greedy)",
+                    EvalConfig, "test", _run_eval)
+
+
+def _add_generate(sub):
+    from .rationales import GenerateConfig
+
+    _add_data_stage(sub, "generate", "sample, check and store rationales for the training questions (stage 1)",
+                    GenerateConfig, "train", _run_generate, out_field="run_dir")
+
+
+# --- rationales -------------------------------------------------------------------------------------------
+def _add_rationales(sub):
+    from .rationales import EXPORT_FORMATS, RankConfig
+
+    p = sub.add_parser("rationales", help="statistics, inspection and export of generated rationales")
+    rsub = p.add_subparsers(dest="rationales_command", required=True)
+    stats = rsub.add_parser("stats", help="counts per tier, pairs, duplicates, leaks")
+    show = rsub.add_parser("show", help="every rationale of one question with its checks and tier")
+    show.add_argument("--question", required=True, help="question id, e.g. coin_flip-7")
+    exp = rsub.add_parser("export", help="write the SFT set and pair set as JSONL or a Hugging Face dataset folder")
+    exp.add_argument("--out", required=True, help="folder to write")
+    exp.add_argument("--format", default="jsonl", choices=EXPORT_FORMATS)
+    for cmd, func in ((stats, _run_rationales_stats), (show, _run_rationales_show), (exp, _run_rationales_export)):
+        cmd.add_argument("run", help="run folder of `sml generate`")
+        cmd.add_argument("--json", action="store_true", help="print one JSON object")
+        add_config_args(cmd.add_argument_group("ranking"), RankConfig)
+        cmd.set_defaults(func=func)
+
+
+def _rank_config(args):
+    from .rationales import RankConfig
+
+    return config_from_args(RankConfig, args, source="flags")
+
+
+def _run_rationales_stats(args):
+    from .rationales import format_stats, rationale_stats
+
+    _print(rationale_stats(args.run, _rank_config(args)), args.json, format_stats)
+
+
+def _run_rationales_show(args):
+    from .rationales import show_question
+
+    print(show_question(args.run, args.question, _rank_config(args)))
+
+
+def _run_rationales_export(args):
+    from .rationales import export
+
+    _print(export(args.run, args.out, fmt=args.format, rank_config=_rank_config(args)), True)
 
 
 # --- score ------------------------------------------------------------------------------------------------
@@ -147,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sml", description="Self-motivated Learning for language model reasoning")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_eval, _add_score, _add_data, _add_bench, _add_model):
+    for add in (_add_eval, _add_score, _add_data, _add_generate, _add_rationales, _add_bench, _add_model):
         add(sub)
     return parser
 

@@ -14,7 +14,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-_MISSING = object()
+MISSING = object()  # marks a flag that was not given
+_MISSING = MISSING
 
 
 def _base_type(tp) -> tuple[type, bool]:
