@@ -88,6 +88,101 @@ def _add_generate(sub):
                     GenerateConfig, "train", _run_generate, out_field="run_dir")
 
 
+# --- training stages ----------------------------------------------------------------------------------------
+def _add_train_stage(sub, name: str, help_text: str, module: str, cls_name: str, func_name: str):
+    import importlib
+
+    cls = getattr(importlib.import_module(f"selfmotivated.{module}"), cls_name)
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--config", help="YAML file with the settings (flags override it)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_config_args(p, cls)
+    p.set_defaults(func=_run_train_stage, config_cls=cls, stage_module=module, stage_func=func_name)
+
+
+def _run_train_stage(args):
+    import importlib
+
+    config = config_from_args(args.config_cls, args, _yaml_section(args), source=args.config or "flags")
+    result = getattr(importlib.import_module(f"selfmotivated.{args.stage_module}"), args.stage_func)(config)
+    _print(result, True)
+
+
+def _add_training(sub):
+    _add_train_stage(sub, "sft", "fine-tune the model on its top-tier rationales (stage 2)", "sft", "SFTConfig",
+                     "run_sft")
+    _add_train_stage(sub, "reward", "train the reward model on the rank of the rationales (stage 3)", "reward",
+                     "RewardConfig", "run_reward")
+    from .ppo.trainer import PPOConfig
+    from .reward import RerankConfig
+
+    _add_data_stage(sub, "ppo", "PPO of the SFT model against the reward model (stage 4)", PPOConfig, "train",
+                    _run_plain_data_stage("selfmotivated.ppo.trainer", "run_ppo"))
+    _add_data_stage(sub, "rerank", "best-of-N: sample N answers, keep the reward model's favourite", RerankConfig,
+                    "test", _run_plain_data_stage("selfmotivated.reward", "run_rerank"))
+
+
+def _run_plain_data_stage(module: str, func: str):
+    def run(args):
+        import importlib
+
+        config = _data_stage_config(args)
+        _print(getattr(importlib.import_module(module), func)(config), True)
+
+    return run
+
+
+# --- the whole method ----------------------------------------------------------------------------------------
+def _add_run(sub):
+    from .pipeline import STAGES
+
+    p = sub.add_parser("run", help="the whole method from one YAML config, resumable (see configs/)")
+    p.add_argument("config", help="pipeline YAML file, e.g. configs/demo.yaml")
+    p.add_argument("--out", required=False, help="run folder (default runs/<config name>)")
+    p.add_argument("--model", help="base model; tiny-random also shrinks every stage to a smoke run")
+    p.add_argument("--data-dir", help="folder of the shared datasets (or SML_DATA_DIR)")
+    p.add_argument("--from", dest="from_stage", choices=STAGES, help="rerun from this stage on")
+    p.add_argument("--until", choices=STAGES, help="stop after this stage")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=_run_pipeline)
+
+
+def _run_pipeline(args):
+    from pathlib import Path
+
+    from .pipeline import load_pipeline_config, run_pipeline, smoke_config
+
+    config = load_pipeline_config(args.config, {"data_dir": args.data_dir})
+    if args.model == "tiny-random":
+        config = smoke_config(config)
+    elif args.model:
+        config.model = args.model
+    out = args.out or str(Path("runs") / Path(args.config).stem)
+    summary = run_pipeline(config, out, from_stage=args.from_stage, until=args.until)
+    if args.json:
+        print(json.dumps(summary["models"], indent=2))
+        return
+    for key, per_dataset in summary["models"].items():
+        for ds, m in per_dataset.items():
+            print(f"{key:<15} {ds:<28} accuracy {m['accuracy']:.3f} (n={m['n']}, "
+                  f"95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})")
+    print(f"run folder: {out}")
+
+
+def _add_report(sub):
+    p = sub.add_parser("report", help="report.md/report.html with tables and plots of one run, or compare runs")
+    p.add_argument("runs", nargs="+", help="run folder(s) of `sml run`")
+    p.add_argument("--out", help="output folder when comparing several runs")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args):
+    from .report import make_report
+
+    result = make_report(args.runs, out=args.out)
+    _print(result, True)
+
+
 # --- rationales -------------------------------------------------------------------------------------------
 def _add_rationales(sub):
     from .rationales import EXPORT_FORMATS, RankConfig
@@ -224,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sml", description="Self-motivated Learning for language model reasoning")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_eval, _add_score, _add_data, _add_generate, _add_rationales, _add_bench, _add_model):
+    for add in (_add_run, _add_eval, _add_score, _add_data, _add_generate, _add_rationales, _add_training,
+                _add_report, _add_bench, _add_model):
         add(sub)
     return parser
 

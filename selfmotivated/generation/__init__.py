@@ -60,3 +60,51 @@ class Generator(Protocol):
         """Return, for each prompt, `params.n` completions. Prompts are final text (chat template
         already applied); the tokenizer adds no special tokens beyond what the text holds."""
         ...
+
+
+BACKENDS: tuple[str, ...] = ("engine", "hf", "hf-single")
+
+
+@dataclass
+class EngineConfig:
+    """How a generator batches work and bounds memory (fields of the `engine` backend; the `hf`
+    backend reads `max_seqs` as its static batch size)."""
+
+    max_seqs: int = field(default=16, metadata={"help": "Sequences decoded at once (engine slots; the hf "
+                                                        "backend's batch size)."})
+    max_tokens: int = field(default=32768, metadata={"help": "Most tokens whose keys/values are held at once: "
+                                                             "the shared prefix plus, per slot, the longest "
+                                                             "prompt suffix and max_new_tokens. Bounds KV memory "
+                                                             "(about 46 KB per token for SmolLM2-135M in fp32)."})
+    prefix_reuse: bool = field(default=True, metadata={"help": "Encode the prompts' longest common token "
+                                                               "prefix once and share its keys/values."})
+    min_prefix_tokens: int = field(default=8, metadata={"help": "Shorter common prefixes are not shared."})
+    prefill_tokens: int = field(default=4096, metadata={"help": "Most (padded) prompt tokens encoded in one "
+                                                                "forward pass; bounds activation memory."})
+
+    def __post_init__(self):
+        for name in ("max_seqs", "max_tokens", "prefill_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def make_generator(model, tokenizer, backend: str = "engine", **options) -> Generator:
+    """The generator every stage uses. `backend`: "engine" (default), "hf" (batched `model.generate`,
+    the reference) or "hf-single" (one prompt at a time). `options` are `EngineConfig` fields;
+    `max_batch_size` is accepted as another name for `max_seqs`."""
+    if "max_batch_size" in options:
+        options["max_seqs"] = options.pop("max_batch_size")
+    config = EngineConfig(**options)
+    if backend == "engine":
+        from selfmotivated.generation.engine import EngineGenerator
+
+        return EngineGenerator(model, tokenizer, config)
+    if backend == "hf":
+        from selfmotivated.generation.hf import HFGenerator
+
+        return HFGenerator(model, tokenizer, batch_size=config.max_seqs)
+    if backend == "hf-single":
+        from selfmotivated.generation.hf import HFGenerator
+
+        return HFGenerator(model, tokenizer, batch_size=1)
+    raise ValueError(f"unknown generation backend {backend!r}; choose from {', '.join(BACKENDS)}")

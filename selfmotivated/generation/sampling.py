@@ -1,0 +1,130 @@
+"""Decoding rules shared by every backend: logits processing, sampling, EOS and stop strings.
+
+The rules follow Hugging Face `generate` exactly so that backends agree:
+- greedy (temperature 0) takes the argmax of the raw logits;
+- sampling applies temperature, then top-k, then top-p (HF's warper order), then draws from the
+  softmax of what is left;
+- a returned log-probability is `log_softmax(raw logits)[token]`: temperature 1 and no top-k/top-p
+  filter, whatever the sampling settings. PPO needs the log-probability of the token under the policy
+  itself, not under the truncated distribution it was drawn from, so the filters are deliberately
+  left out (a filtered-out token could not have been drawn, so its value never matters).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from selfmotivated.generation import Completion, SamplingParams
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """Every token id that ends a row: the generation config's EOS ids and the tokenizer's EOS."""
+    ids: set[int] = set()
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None) if config is not None else None
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos is not None:
+        ids.update(int(i) for i in eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def process_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Apply temperature, then top-k, then top-p to (B, V) float logits; removed entries become -inf.
+
+    Same semantics as HF's TemperatureLogitsWarper, TopKLogitsWarper and TopPLogitsWarper: top-k keeps
+    every token tied with the k-th largest value; top-p removes the low tail whose total probability is
+    at most 1 - top_p and always keeps the most likely token."""
+    scores = logits / temperature if temperature != 1.0 else logits
+    if top_k > 0 and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, sorted_idx = torch.sort(scores, dim=-1, descending=False)  # ascending: tail first
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)  # (B, V)
+        remove_sorted = cumulative <= (1 - top_p)
+        remove_sorted[..., -1:] = False  # the most likely token always stays
+        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+        scores = scores.masked_fill(remove, float("-inf"))
+    return scores
+
+
+def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """A well-mixed 63-bit seed for one row (splitmix64 of the triple), so that each row's random stream
+    depends only on the call's seed and the row's identity, not on batching or scheduling."""
+    x = seed * 0x9E3779B97F4A7C15 + prompt_index * 0xBF58476D1CE4E5B9 + sample_index * 0x94D049BB133111EB
+    x &= (1 << 64) - 1
+    for mult in (0xBF58476D1CE4E5B9, 0x94D049BB133111EB):
+        x ^= x >> 31
+        x = (x * mult) & ((1 << 64) - 1)
+    x ^= x >> 29
+    return x & ((1 << 63) - 1)
+
+
+def call_seed(params: SamplingParams) -> int:
+    """The call's seed; without one, draw it from torch's global RNG (so `torch.manual_seed` still rules)."""
+    if params.seed is not None:
+        return int(params.seed)
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
+def sample_next(
+    logits: torch.Tensor, params: SamplingParams, generators: Sequence[torch.Generator] | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pick the next token of each row from (B, V) logits.
+
+    Returns (tokens (B,) long, logprobs (B,) float or None). With sampling, row b draws with
+    `generators[b]`, its own stream."""
+    logits = logits.float()
+    if params.temperature == 0:
+        tokens = logits.argmax(dim=-1)  # (B,)
+    else:
+        probs = process_logits(logits, params.temperature, params.top_k, params.top_p).softmax(dim=-1)
+        assert generators is not None and len(generators) == probs.shape[0]
+        tokens = torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(generators)])
+    logprobs = None
+    if params.return_logprobs:
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]  # (B,)
+    return tokens, logprobs
+
+
+def find_stop(text: str, stop: Sequence[str]) -> int:
+    """End index (exclusive) of the earliest-ending stop string in `text`, or -1 when none occurs."""
+    ends = [i + len(s) for s in stop if s and (i := text.find(s)) >= 0]
+    return min(ends) if ends else -1
+
+
+def finish_completion(
+    tokenizer,
+    token_ids: list[int],
+    logprobs: list[float] | None,
+    params: SamplingParams,
+    eos_ids: set[int],
+    prompt_tokens: int,
+) -> Completion:
+    """Turn raw new tokens into a Completion: cut after the first EOS (kept) or after the first stop
+    string (kept in the text; the tokens are cut to the shortest prefix whose text covers it)."""
+    finish = "length"
+    for i, token in enumerate(token_ids):
+        if token in eos_ids:
+            token_ids, finish = token_ids[: i + 1], "eos"
+            break
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    end = find_stop(text, params.stop) if params.stop else -1
+    if end >= 0:
+        # The shortest token prefix whose text reaches `end`: usually all tokens, since generation stops
+        # at the token that completes the stop string, but not when the hf backend ran past it.
+        keep = len(token_ids)
+        for k in range(1, len(token_ids) + 1):
+            if len(tokenizer.decode(token_ids[:k], skip_special_tokens=True)) >= end:
+                keep = k
+                break
+        token_ids, text, finish = token_ids[:keep], text[:end], "stop"
+    if logprobs is not None:
+        logprobs = [float(x) for x in logprobs[: len(token_ids)]]
+    return Completion(text=text, token_ids=list(token_ids), finish_reason=finish, logprobs=logprobs,
+                      prompt_tokens=prompt_tokens)

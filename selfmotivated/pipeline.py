@@ -1,0 +1,344 @@
+"""`sml run CONFIG`: the whole method in one resumable command.
+
+    baseline eval -> generate rationales -> rank -> SFT -> reward model -> PPO -> eval of every stage's model
+    (-> best-of-N with the reward model) -> summary.json (+ report)
+
+Every stage writes into one run folder with a fixed layout (RUN/rationales.sqlite, RUN/ranked, RUN/sft, RUN/reward,
+RUN/ppo, RUN/eval/<model>/<dataset>) and is recorded in RUN/stages.json with a fingerprint of its settings
+and of the stages it reads. A rerun skips stages whose fingerprint is unchanged, reruns a stage whose settings
+changed and every stage after it (the stale output is moved aside to RUN/stale/, never deleted), and resumes an
+interrupted stage (each stage resumes from its own checkpoints). Fingerprints name folders relative to the
+run folder, so a run folder copied to another machine resumes there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import build_config, load_yaml
+from .data import DataConfig
+
+log = logging.getLogger(__name__)
+
+STAGES = ("baseline", "generate", "rank", "sft", "reward", "ppo", "evaluate", "best_of_n")
+SECTIONS = ("data", "eval", "generate", "rank", "sft", "reward", "ppo", "rerank")
+
+
+@dataclass
+class PipelineConfig:
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "base model: a known name, folder or hub id"})
+    dataset: str = field(default="synthetic_coin_flip", metadata={
+        "help": "dataset whose training split the method learns from (a built-in key, synthetic_*, or a file)"})
+    eval_datasets: tuple[str, ...] = field(default=(), metadata={
+        "help": "datasets evaluated before and after (default: the training dataset)"})
+    data_dir: str | None = field(default=None, metadata={"help": "folder of the shared datasets (or SML_DATA_DIR)"})
+    train_limit: int | None = field(default=None, metadata={
+        "help": "use the first N training questions (rationales and PPO); empty: all"})
+    test_limit: int | None = field(default=None, metadata={"help": "evaluate the first N test questions; empty: all"})
+    few_shot_baseline: bool = field(default=True, metadata={"help": "also evaluate the base model few-shot"})
+    best_of_n: int = field(default=4, metadata={"help": "best-of-N with the reward model after PPO (0: skip)"})
+    seed: int = field(default=0, metadata={"help": "seed of every stage"})
+    report: bool = field(default=True, metadata={"help": "write report.md/report.html at the end"})
+    # Per-stage settings: keys of each stage's config dataclass (checked when the config is loaded).
+    data: dict = field(default_factory=dict, metadata={"help": "DataConfig keys for the dataset (fields, sizes)"})
+    eval: dict = field(default_factory=dict, metadata={"help": "EvalConfig keys (max_new_tokens, batch_size...)"})
+    generate: dict = field(default_factory=dict, metadata={"help": "GenerateConfig keys (n_free, n_gold...)"})
+    rank: dict = field(default_factory=dict, metadata={"help": "RankConfig keys (tier_rules, pair cap...)"})
+    sft: dict = field(default_factory=dict, metadata={"help": "SFTConfig keys"})
+    reward: dict = field(default_factory=dict, metadata={"help": "RewardConfig keys"})
+    ppo: dict = field(default_factory=dict, metadata={"help": "PPOConfig keys"})
+    rerank: dict = field(default_factory=dict, metadata={"help": "RerankConfig keys (best-of-N)"})
+
+    def __post_init__(self):
+        self.eval_datasets = tuple(self.eval_datasets) or (self.dataset,)
+        if self.best_of_n < 0:
+            raise ValueError(f"best_of_n must be >= 0, got {self.best_of_n}")
+        # Build every stage config once now, so a bad key fails before hours of work, naming the section.
+        for section in SECTIONS:
+            if not isinstance(getattr(self, section), dict):
+                raise ValueError(f"section {section!r} must be a mapping of settings")
+        for stage_name in STAGES:
+            for _ in stage_configs(self, Path("RUN"), stage_name):
+                pass
+
+
+def load_pipeline_config(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
+    """Read a YAML pipeline config; `overrides` (e.g. from flags) win over the file."""
+    values = {**load_yaml(path), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return build_config(PipelineConfig, values, str(path))
+
+
+def _section(config: PipelineConfig, name: str, cls, base: dict) -> object:
+    """Stage config = our wiring (`base`) updated with the user's section; a user key we set ourselves wins."""
+    values = {**base, **getattr(config, name)}
+    return build_config(cls, values, f"{name}")
+
+
+def _data(config: PipelineConfig, dataset: str, split: str, limit: int | None) -> DataConfig:
+    return build_config(DataConfig, {**config.data, "dataset": dataset, "data_dir": config.data_dir,
+                                     "split": split, "limit": limit}, "data")
+
+
+def stage_configs(config: PipelineConfig, run: Path, stage: str):
+    """(label, config object) pairs a stage runs, with every path inside `run`."""
+    from .evaluate import EvalConfig
+
+    def eval_config(model: str, key: str, dataset: str, prompt: str = "zero_shot"):
+        base = {"model": model, "out": str(run / "eval" / key / dataset), "prompt": prompt, "progress": True}
+        cfg = _section(config, "eval", EvalConfig, base)
+        cfg.data = _data(config, dataset, "test", config.test_limit)
+        return cfg
+
+    if stage == "baseline":
+        for ds in config.eval_datasets:
+            yield f"base/{ds}", eval_config(config.model, "base", ds)
+            if config.few_shot_baseline:
+                yield f"base_few_shot/{ds}", eval_config(config.model, "base_few_shot", ds, "few_shot")
+    elif stage == "generate":
+        from .rationales import GenerateConfig
+
+        cfg = _section(config, "generate", GenerateConfig, {"model": config.model, "run_dir": str(run),
+                                                            "seed": config.seed})
+        cfg.data = _data(config, config.dataset, "train", config.train_limit)
+        yield "generate", cfg
+    elif stage == "rank":
+        from .rationales import RankConfig
+
+        yield "rank", _section(config, "rank", RankConfig, {})
+    elif stage == "sft":
+        from .sft import SFTConfig
+
+        yield "sft", _section(config, "sft", SFTConfig, {"model": config.model, "run_dir": str(run / "ranked"),
+                                                         "out": str(run / "sft"), "seed": config.seed})
+    elif stage == "reward":
+        from .reward import RewardConfig
+
+        yield "reward", _section(config, "reward", RewardConfig, {"model": str(run / "sft" / "model"),
+                                                                  "run_dir": str(run / "ranked"),
+                                                                  "out": str(run / "reward"),
+                                                                  "seed": config.seed})
+    elif stage == "ppo":
+        from .ppo.trainer import PPOConfig
+
+        cfg = _section(config, "ppo", PPOConfig, {"run_dir": str(run), "sft_model": str(run / "sft" / "model"),
+                                                  "reward_model": str(run / "reward" / "model"),
+                                                  "out": str(run / "ppo"), "seed": config.seed})
+        cfg.data = _data(config, config.dataset, "train", config.train_limit)
+        yield "ppo", cfg
+    elif stage == "evaluate":
+        for ds in config.eval_datasets:
+            yield f"sft/{ds}", eval_config(str(run / "sft" / "model"), "sft", ds)
+            yield f"sml/{ds}", eval_config(str(policy_dir(run)), "sml", ds)
+    elif stage == "best_of_n":
+        if config.best_of_n:
+            from .reward import RerankConfig
+
+            for ds in config.eval_datasets:
+                base = {"reward_model": str(run / "reward" / "model"), "policy": str(policy_dir(run)),
+                        "out": str(run / "eval" / "sml_best_of_n" / ds), "n": config.best_of_n,
+                        "seed": config.seed}
+                cfg = _section(config, "rerank", RerankConfig, base)
+                cfg.data = _data(config, ds, "test", config.test_limit)
+                yield f"sml_best_of_n/{ds}", cfg
+    else:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+
+
+def policy_dir(run: Path) -> Path:
+    """The model PPO saves (a merged `save_pretrained` folder)."""
+    return run / "ppo" / "policy"
+
+
+def _fingerprint(stage: str, configs: list[tuple[str, object]], run: Path, upstream: str) -> str:
+    """Hash of a stage's settings with run-folder paths made relative, chained to the stages before it."""
+    def relative(value):
+        if isinstance(value, str) and value.startswith(str(run)):
+            return "RUN" + value[len(str(run)):]
+        if isinstance(value, dict):
+            return {k: relative(v) for k, v in value.items() if k not in ("progress",)}
+        if isinstance(value, (list, tuple)):
+            return [relative(v) for v in value]
+        return value
+
+    payload = {"stage": stage, "upstream": upstream,
+               "configs": [[label, relative(dataclasses.asdict(cfg))] for label, cfg in configs]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _stage_outputs(run: Path, stage: str, configs) -> list[Path]:
+    if stage == "generate":
+        return [run / "rationales.sqlite", run / "rationales.sqlite-wal", run / "rationales.sqlite-shm"]
+    if stage in ("sft", "reward", "ppo"):
+        return [run / stage]
+    if stage == "rank":
+        return [run / "ranked"]
+    return [Path(cfg.out) for _, cfg in configs]
+
+
+def _move_aside(run: Path, paths: list[Path], stage: str) -> None:
+    """Stale output goes to RUN/stale/<stage>-<time>/, so nothing produced is ever lost."""
+    existing = [p for p in paths if p.exists()]
+    if not existing:
+        return
+    dest = run / "stale" / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in existing:
+        shutil.move(str(p), str(dest / p.relative_to(run).as_posix().replace("/", "__")))
+    log.info("stage %s: settings changed; previous output moved to %s", stage, dest)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _run_one(stage: str, label: str, cfg, run: Path) -> dict:
+    """Call the stage function of one config."""
+    if stage in ("baseline", "evaluate"):
+        from .evaluate import run_eval
+
+        return run_eval(cfg)
+    if stage == "generate":
+        from .rationales import run_generate
+
+        return run_generate(cfg)
+    if stage == "rank":
+        from .rationales import export
+
+        return export(run, run / "ranked", fmt="jsonl", rank_config=cfg)
+    if stage == "sft":
+        from .sft import run_sft
+
+        return run_sft(cfg)
+    if stage == "reward":
+        from .reward import run_reward
+
+        return run_reward(cfg)
+    if stage == "ppo":
+        from .ppo.trainer import run_ppo
+
+        return run_ppo(cfg)
+    if stage == "best_of_n":
+        from .reward import run_rerank
+
+        return run_rerank(cfg)
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def run_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | None = None,
+                 until: str | None = None) -> dict:
+    """Run (or resume) every stage into `out`; returns the summary."""
+    for name, value in (("--from", from_stage), ("--until", until)):
+        if value is not None and value not in STAGES:
+            raise ValueError(f"{name} {value!r} is not a stage; stages: {', '.join(STAGES)}")
+    run = Path(out).resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    (run / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    record_path = run / "stages.json"
+    record = _read_json(record_path)
+    upstream = ""
+    forced = False
+    last = STAGES.index(until) if until else len(STAGES) - 1
+    for index, stage in enumerate(STAGES[: last + 1]):
+        configs = list(stage_configs(config, run, stage))
+        fingerprint = _fingerprint(stage, configs, run, upstream)
+        upstream = fingerprint
+        forced = forced or stage == from_stage
+        before = record.get(stage, {})
+        if not configs:
+            record[stage] = {"status": "skipped", "fingerprint": fingerprint}
+            continue
+        if before.get("status") == "done" and before.get("fingerprint") == fingerprint and not forced:
+            log.info("[%d/%d] %s: done before, skipped", index + 1, len(STAGES), stage)
+            continue
+        if before.get("fingerprint") not in (None, fingerprint) or (forced and before):
+            _move_aside(run, _stage_outputs(run, stage, configs), stage)
+        log.info("[%d/%d] %s: %s", index + 1, len(STAGES), stage,
+                 "resuming" if before.get("status") == "running" else "running")
+        record[stage] = {"status": "running", "fingerprint": fingerprint, "started": time.time()}
+        _write_json(record_path, record)
+        start = time.perf_counter()
+        results = {label: _run_one(stage, label, cfg, run) for label, cfg in configs}
+        record[stage] = {"status": "done", "fingerprint": fingerprint,
+                         "seconds": round(time.perf_counter() - start, 1)}
+        _write_json(record_path, record)
+        _write_json(run / f"{stage}_result.json", results)
+    summary = write_summary(config, run, record)
+    if config.report and until is None:
+        try:
+            from .report import make_report
+
+            make_report([str(run)])
+        except ImportError:  # the report module is optional while it is being built
+            pass
+    return summary
+
+
+def write_summary(config: PipelineConfig, run: Path, record: dict) -> dict:
+    """RUN/summary.json: per evaluated model and dataset, n, accuracy and ci95."""
+    models: dict[str, dict] = {}
+    for key in ("base", "base_few_shot", "sft", "sml"):
+        for ds in config.eval_datasets:
+            metrics = _read_json(run / "eval" / key / ds / "metrics.json")
+            if metrics:
+                models.setdefault(key, {})[ds] = {k: metrics.get(k) for k in ("n", "accuracy", "ci95", "n_no_answer")}
+    for ds in config.eval_datasets:
+        rerank = _read_json(run / "eval" / "sml_best_of_n" / ds / "rerank_metrics.json").get("metrics")
+        if rerank:
+            from .evaluate import accuracy_ci95
+
+            n = rerank["n_questions"]
+            k = round(rerank["best_of_n_accuracy"] * n)
+            models.setdefault("sml_best_of_n", {})[ds] = {"n": n, "accuracy": rerank["best_of_n_accuracy"],
+                                                          "ci95": list(accuracy_ci95(k, n)),
+                                                          "majority_vote_accuracy": rerank.get("majority_vote_accuracy"),
+                                                          "first_sample_accuracy": rerank.get("first_sample_accuracy")}
+    summary = {"model": config.model, "dataset": config.dataset, "datasets": list(config.eval_datasets),
+               "models": models, "stages": record, "config": dataclasses.asdict(config)}
+    _write_json(run / "summary.json", summary)
+    return summary
+
+
+# Settings that make any config a smoke run on tiny-random: every stage real, each a few seconds.
+SMOKE = {
+    "train_limit": 4, "test_limit": 4, "best_of_n": 2,
+    "eval": {"max_new_tokens": 8, "batch_size": 4},
+    "generate": {"n_free": 2, "n_gold": 1, "n_wrong": 1, "max_new_tokens": 12},
+    "sft": {"max_steps": 2, "batch_size": 2, "save_steps": 0, "eval_steps": 0},
+    "reward": {"max_steps": 2, "batch_size": 2, "save_steps": 0, "eval_steps": 0},
+    "ppo": {"iterations": 2, "prompts_per_iteration": 2, "samples_per_prompt": 2, "max_new_tokens": 8,
+            "mini_batch_size": 4, "micro_batch_size": 2, "eval_steps": 0, "save_steps": 1, "tensorboard": False},
+    "rerank": {"max_new_tokens": 8},
+    # A random model never reaches the gold: let gold-hinted rationales count as top tier so SFT has data.
+    "rank": {"tier_rules": "gold/no_answer=3,gold/inconsistent=3"},
+}
+
+
+def smoke_config(config: PipelineConfig) -> PipelineConfig:
+    """The same config shrunk to a smoke run (used with --model tiny-random)."""
+    values = dataclasses.asdict(config)
+    for key, value in SMOKE.items():
+        if isinstance(value, dict):
+            values[key] = {**values[key], **value}
+        else:
+            current = values[key]
+            values[key] = value if current is None or key == "best_of_n" and current == 0 else min(current, value)
+            if key == "best_of_n" and config.best_of_n == 0:
+                values[key] = 0
+    values["model"] = "tiny-random"
+    return build_config(PipelineConfig, values, "smoke config")

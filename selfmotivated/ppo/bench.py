@@ -1,0 +1,237 @@
+"""`sml bench ppo`: time per PPO iteration by phase, and PPO's peak memory next to one SFT LoRA step's.
+
+PPO here is the default setup: LoRA, with actor, critic, reference and reward model on one frozen
+backbone (the reward model is a fresh adapter plus a random score head: its cost, not its judgement,
+is what is measured). The SFT step is one LoRA optimizer step of `sft.sft_loss` on the same sequences
+(the last PPO rollout batch) with the same micro-batch size, so the ratio is what PPO costs on top of
+training one model on that batch.
+
+Each of the two runs happens in its own fresh process, so neither sees the other's memory. Peak memory
+is `torch.cuda.max_memory_allocated` on a GPU; on the CPU it is the process's peak resident size minus
+its size after imports (what the model and the run added), which also counts allocator slack.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PHASES = (("rollout_seconds", "time/generate"), ("scoring_seconds", "time/score"),
+          ("forward_seconds", "time/forward"), ("update_seconds", "time/update"))
+
+
+@dataclass
+class BenchPPOConfig:
+    """Settings of `sml bench ppo`."""
+
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "model (the SFT model's stand-in)"})
+    dataset: str = field(default="synthetic_coin_flip", metadata={"help": "training questions for the prompts"})
+    data_dir: str | None = field(default=None, metadata={"help": "folder of the shared datasets"})
+    iterations: int = field(default=3, metadata={"help": "timed PPO iterations (after the warm-up ones)"})
+    warmup: int = field(default=1, metadata={"help": "untimed first iterations (allocations, kernel choice)"})
+    prompts_per_iteration: int = field(default=8, metadata={"help": "questions per iteration"})
+    samples_per_prompt: int = field(default=2, metadata={"help": "responses per question"})
+    max_new_tokens: int = field(default=128, metadata={"help": "response length limit"})
+    mini_batch_size: int = field(default=16, metadata={"help": "samples per optimizer step"})
+    micro_batch_size: int = field(default=4, metadata={"help": "samples per forward/backward (also the SFT step's)"})
+    ppo_epochs: int = field(default=1, metadata={"help": "PPO epochs per iteration"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank of every adapter"})
+    dtype: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    backend: str = field(default="engine", metadata={"help": "generation backend: engine or hf",
+                                                     "choices": ["engine", "hf"]})
+    seed: int = field(default=0, metadata={"help": "seed"})
+
+    def __post_init__(self):
+        for name in ("iterations", "prompts_per_iteration", "samples_per_prompt", "max_new_tokens",
+                     "mini_batch_size", "micro_batch_size", "ppo_epochs", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+
+
+def run_bench_ppo(config: BenchPPOConfig) -> dict:
+    """Run the PPO measurement, then the SFT step, each in a fresh process; return one result dict."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="sml-bench-ppo-") as tmp:
+        batch_file = Path(tmp) / "batch.json"
+        ppo = _in_process(ctx, _ppo_worker, asdict(config), str(batch_file))
+        sft = _in_process(ctx, _sft_worker, asdict(config), str(batch_file))
+    timed = ppo["iterations"]
+    result = {
+        "model": config.model,
+        "device": ppo["device"],
+        "dtype": ppo["dtype"],
+        "samples_per_iteration": config.prompts_per_iteration * config.samples_per_prompt,
+        "mean_response_tokens": round(sum(r["rollout/response_length"] for r in timed) / len(timed), 1),
+        "seconds_per_iteration": round(sum(r["time/iteration"] for r in timed) / len(timed), 3),
+    }
+    for name, key in PHASES:
+        result[name] = round(sum(r[key] for r in timed) / len(timed), 3)
+    result.update({
+        "ppo_peak_mb": round(ppo["peak_mb"], 1),
+        "sft_peak_mb": round(sft["peak_mb"], 1),
+        "memory_ratio": round(ppo["peak_mb"] / sft["peak_mb"], 3) if sft["peak_mb"] > 0 else None,
+        "memory_target_ratio": 1.6,
+        "memory_measure": ppo["measure"],
+        "model_weights_mb": round(ppo["weights_mb"], 1),
+        "sft_step_seconds": round(sft["seconds"], 3),
+        "config": asdict(config),
+    })
+    return result
+
+
+def format_bench_ppo(r: dict) -> str:
+    """Human summary printed by `sml bench ppo`."""
+    lines = [
+        f"PPO on {r['model']} ({r['device']}, {r['dtype']}, LoRA, shared backbone): "
+        f"{r['samples_per_iteration']} samples/iteration, {r['mean_response_tokens']} response tokens on average",
+        f"  seconds per iteration {r['seconds_per_iteration']:.2f} = rollout {r['rollout_seconds']:.2f} + scoring "
+        f"{r['scoring_seconds']:.2f} + reference/critic forward {r['forward_seconds']:.2f} + update "
+        f"{r['update_seconds']:.2f} (+ bookkeeping)",
+        f"  peak memory ({r['memory_measure']}): PPO {r['ppo_peak_mb']:.0f} MB, one SFT LoRA step on the same batch "
+        f"{r['sft_peak_mb']:.0f} MB -> ratio {r['memory_ratio']} (target <= {r['memory_target_ratio']}); "
+        f"model weights {r['model_weights_mb']:.0f} MB",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the two measurements, each run in a child process
+
+
+def _in_process(ctx, target, *args) -> dict:
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, target, *args))
+    proc.start()
+    result = queue.get()  # before join: a large result would otherwise block the child's exit
+    proc.join()
+    if "error" in result:
+        raise RuntimeError(f"benchmark process failed: {result['error']}")
+    return result
+
+
+def _child(queue, target, *args) -> None:
+    try:
+        queue.put(target(*args))
+    except BaseException as err:  # noqa: BLE001 - reported to the parent with its traceback
+        import traceback
+
+        queue.put({"error": f"{err!r}\n{traceback.format_exc()}"})
+
+
+class _Meter:
+    """Peak memory of this process from now on (see module docstring)."""
+
+    def __init__(self, device: str):
+        import resource
+
+        import torch
+
+        self.cuda = device.startswith("cuda")
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB -> MB on Linux
+        self.measure = "torch.cuda.max_memory_allocated" if self.cuda else "peak RSS minus RSS after imports"
+
+    def peak_mb(self) -> float:
+        import resource
+
+        import torch
+
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - self.base
+
+
+def _setup(config: dict):
+    import torch
+
+    from ..models import _pick_device, load_model
+
+    torch.manual_seed(config["seed"])
+    device = _pick_device(config["device"])
+    meter = _Meter(device)
+    model, tokenizer = load_model(config["model"], dtype=config["dtype"], device=device)
+    weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    return model, tokenizer, device, meter, weights_mb
+
+
+def _ppo_worker(config: dict, batch_file: str) -> dict:
+    import torch
+
+    from ..data import DataConfig, load_examples
+    from ..prompts import build_prompt, stop_strings
+    from .actor_critic import build_actor_critic, lora_config
+    from .rewards import SharedRewardModel
+    from .trainer import PPOConfig, PPOTrainer
+
+    model, tokenizer, device, meter, weights_mb = _setup(config)
+    lora = lora_config(config["lora_r"], 2 * config["lora_r"], 0.0, "all-linear")
+    ac = build_actor_critic(model, "lora", lora)
+    hidden = model.config.hidden_size
+    reward_fn = SharedRewardModel(ac, tokenizer, lora, {"weight": torch.randn(1, hidden) / hidden**0.5,
+                                                        "bias": torch.zeros(1)}, batch_size=config["micro_batch_size"])
+    total = config["warmup"] + config["iterations"]
+    n_prompts = config["prompts_per_iteration"] * total
+    data = DataConfig(dataset=config["dataset"], split="train", limit=n_prompts, data_dir=config["data_dir"],
+                      n_train=max(n_prompts, 8))
+    examples = load_examples(data)
+    prompts = [build_prompt(ex, tokenizer) for ex in examples]
+    ppo_config = PPOConfig(
+        iterations=total, prompts_per_iteration=config["prompts_per_iteration"],
+        samples_per_prompt=config["samples_per_prompt"], max_new_tokens=config["max_new_tokens"],
+        mini_batch_size=config["mini_batch_size"], micro_batch_size=config["micro_batch_size"],
+        ppo_epochs=config["ppo_epochs"], lora_r=config["lora_r"], backend=config["backend"],
+        generation_batch_size=config["prompts_per_iteration"] * config["samples_per_prompt"], eval_steps=0,
+        guard_max_kl=0, guard_min_entropy=0, guard_accuracy_drop=0, tensorboard=False, progress=False,
+        seed=config["seed"])
+
+    class Recording(PPOTrainer):  # keeps the last rollout batch for the SFT step
+        def update(self, exp):
+            self.last = exp
+            return super().update(exp)
+
+    trainer = Recording(ppo_config, ac, tokenizer, reward_fn, prompts, examples,
+                        stop_strings=stop_strings(tokenizer))
+    trainer.train()
+    peak = meter.peak_mb()
+    exp = trainer.last
+    items = []
+    for b in range(len(exp)):
+        ids = exp.sequences[b][exp.attention_mask[b].bool()].tolist()
+        n_prompt = int(exp.attention_mask[b, : exp.prompt_width].sum())
+        items.append({"ids": ids, "n_prompt": n_prompt})
+    Path(batch_file).write_text(json.dumps(items))
+    rows = [r for r in trainer.history if "time/iteration" in r][config["warmup"]:]
+    return {"iterations": rows, "peak_mb": peak, "measure": meter.measure, "device": device,
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "weights_mb": weights_mb}
+
+
+def _sft_worker(config: dict, batch_file: str) -> dict:
+    import torch
+    from peft import get_peft_model
+
+    from ..sft import collate_sft, sft_loss
+    from .actor_critic import lora_config
+
+    model, tokenizer, device, meter, _ = _setup(config)
+    model = get_peft_model(model, lora_config(config["lora_r"], 2 * config["lora_r"], 0.0, "all-linear"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    items = json.loads(Path(batch_file).read_text())
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    micro = config["micro_batch_size"]
+    t0 = time.perf_counter()
+    for start in range(0, len(items), micro):
+        loss, _ = sft_loss(model, collate_sft(items[start : start + micro], pad, device))
+        (loss * len(items[start : start + micro]) / len(items)).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - t0
+    return {"peak_mb": meter.peak_mb(), "seconds": seconds}

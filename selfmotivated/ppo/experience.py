@@ -1,0 +1,180 @@
+"""Steps 1 and 2 of a PPO iteration: generate rollouts, then make experience from them.
+
+    rollouts   = generate_rollouts(...)       # sample responses with the policy (generation engine)
+    experience = make_experience(...)         # no-grad: old/ref log-probs, values, KL-shaped rewards, GAE
+
+(OpenRLHF's split; step 3, the PPO update, is in trainer.py.) The old log-probs are recomputed by a
+forward pass rather than taken from the sampler: PPO's ratio must compare the same computation before
+and after the update, and the sampler (a KV-cached decode, possibly another kernel or precision) can
+differ slightly. The difference is reported as `rollout/logprob_diff`; a large value means the
+sampler and the trained model disagree (wrong tokens, misaligned positions, or a stale model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable, Sequence
+
+import torch
+
+from .actor_critic import ActorCritic
+from .core import compute_gae, compute_rewards, masked_mean, masked_sum, masked_whiten
+
+
+@dataclass
+class Rollout:
+    """One sampled response to one prompt."""
+
+    prompt: str  # prompt text (chat template applied)
+    prompt_ids: list[int]
+    response: str  # decoded response text (what the reward model scores)
+    response_ids: list[int]  # sampled tokens, EOS included when it ended the row
+    sampler_logprobs: list[float] | None  # the engine's log-probs of response_ids
+    finish_reason: str  # eos | stop | length
+    example: object = None  # the training question (records.Example) when known
+
+
+@dataclass
+class Experience:
+    """A rollout batch ready for PPO updates. B samples, prompts left-padded to P columns, responses
+    right-padded to T columns: sequence column P + t holds response token t."""
+
+    # what was generated
+    sequences: torch.Tensor  # (B, P + T) prompt then response token ids; pad elsewhere
+    attention_mask: torch.Tensor  # (B, P + T) 1 on real tokens
+    response_mask: torch.Tensor  # (B, T) 1 on response tokens
+    prompt_width: int  # P
+    # from the no-grad forward passes
+    old_logprobs: torch.Tensor  # (B, T) log pi_old(token), the policy before this iteration's updates
+    ref_logprobs: torch.Tensor  # (B, T) log pi_ref(token), the frozen SFT model
+    old_values: torch.Tensor  # (B, T) V(state before the token), the critic before the updates
+    # reward shaping and advantages
+    scores: torch.Tensor  # (B,) sequence reward: reward-model score (+ answer bonus/penalty)
+    kl: torch.Tensor  # (B, T) per-token KL(policy || reference) estimate
+    rewards: torch.Tensor  # (B, T) -beta * kl on every token, + score on the last one
+    advantages: torch.Tensor  # (B, T) GAE advantages, whitened over the batch
+    returns: torch.Tensor  # (B, T) value targets: raw advantages + old values
+
+    def __len__(self) -> int:
+        return self.sequences.shape[0]
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> "Experience":
+        """Rows `index`, with columns that are padding in all of them cut off (left of the prompts,
+        right of the responses): a minibatch of short responses runs at its own length."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.sequences.device)
+        attn = self.attention_mask[index]
+        resp = self.response_mask[index]
+        P = self.prompt_width
+        lead = int((attn[:, :P].sum(0) == 0).long().cumprod(0).sum())  # leading all-pad prompt columns
+        T = int(resp.sum(-1).max()) if len(index) else 0
+        T = max(T, 1)
+        rows = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("sequences", "attention_mask"):
+                rows[f.name] = value[index][:, lead : P + T]
+            elif f.name == "prompt_width":
+                rows[f.name] = P - lead
+            elif value.dim() == 2:
+                rows[f.name] = value[index][:, :T]
+            else:
+                rows[f.name] = value[index]
+        return Experience(**rows)
+
+
+def collate(rollouts: Sequence[Rollout], pad_id: int, device=None):
+    """(sequences (B, P + T), attention_mask (B, P + T), response_mask (B, T), P) from rollouts."""
+    P = max(len(r.prompt_ids) for r in rollouts)
+    T = max(max(len(r.response_ids) for r in rollouts), 1)
+    B = len(rollouts)
+    sequences = torch.full((B, P + T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, P + T), dtype=torch.long)
+    for b, r in enumerate(rollouts):
+        p, t = len(r.prompt_ids), len(r.response_ids)
+        sequences[b, P - p : P] = torch.tensor(r.prompt_ids)
+        sequences[b, P : P + t] = torch.tensor(r.response_ids, dtype=torch.long)
+        attention_mask[b, P - p : P + t] = 1
+    response_mask = attention_mask[:, P:].clone()
+    if device is not None:
+        sequences, attention_mask, response_mask = (x.to(device) for x in (sequences, attention_mask, response_mask))
+    return sequences, attention_mask, response_mask, P
+
+
+def generate_rollouts(generator, prompts: Sequence[str], examples: Sequence, tokenizer, params) -> list[Rollout]:
+    """Sample `params.n` responses per prompt with the current policy (the generation engine runs it in
+    eval mode, without gradients). Rows: prompt order, the samples of a prompt side by side."""
+    completions = generator.generate(list(prompts), params)
+    rollouts = []
+    for prompt, example, samples in zip(prompts, examples, completions, strict=True):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for c in samples:
+            rollouts.append(Rollout(prompt=prompt, prompt_ids=prompt_ids, response=c.text,
+                                    response_ids=list(c.token_ids), sampler_logprobs=c.logprobs,
+                                    finish_reason=c.finish_reason, example=example))
+    return rollouts
+
+
+def _in_chunks(fn: Callable, batch_size: int, *tensors: torch.Tensor, **kw) -> list:
+    """fn over row chunks of the tensors; outputs concatenated along rows (fn returns a tensor or a tuple)."""
+    outs = []
+    for start in range(0, tensors[0].shape[0], batch_size):
+        outs.append(fn(*(t[start : start + batch_size] for t in tensors), **kw))
+    if isinstance(outs[0], tuple):
+        return [torch.cat(parts) for parts in zip(*outs)]
+    return [torch.cat(outs)]
+
+
+@torch.no_grad()
+def make_experience(
+    ac: ActorCritic,
+    rollouts: Sequence[Rollout],
+    scores: torch.Tensor,
+    pad_id: int,
+    kl_coef: float,
+    kl_estimator: str = "k1",
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    whiten: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = masked_whiten,
+    batch_size: int = 8,
+) -> tuple[Experience, dict[str, float]]:
+    """Experience from rollouts and their sequence scores (B,), and this process's rollout stats.
+
+    whiten(advantages, mask): how advantages are normalised (masked_whiten, or a version whose
+    statistics span every process); None keeps raw advantages.
+    """
+    device = next(ac.parameters()).device
+    seq, attn, mask, P = collate(rollouts, pad_id, device)
+    old_logprobs, entropy = _in_chunks(ac.policy_logprobs, batch_size, seq, attn, prompt_width=P,
+                                       with_entropy=True)  # (B, T) each
+    (ref_logprobs,) = _in_chunks(ac.reference_logprobs, batch_size, seq, attn, prompt_width=P)  # (B, T)
+    (values,) = _in_chunks(ac.values, batch_size, seq, attn, prompt_width=P)  # (B, T)
+    scores = scores.to(device=device, dtype=torch.float32)
+
+    rewards, kl = compute_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef, kl_estimator)  # (B, T) x2
+    advantages, returns = compute_gae(rewards, values, mask, gamma, lam)  # (B, T) x2
+    if whiten is not None:
+        advantages = whiten(advantages, mask)
+
+    exp = Experience(sequences=seq, attention_mask=attn, response_mask=mask, prompt_width=P,
+                     old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, old_values=values, scores=scores,
+                     kl=kl, rewards=rewards, advantages=advantages, returns=returns)
+    lengths = mask.sum(-1).float()  # (B,)
+    stats = {
+        "ppo/kl": masked_sum(kl, mask, dim=-1).mean().item(),  # per sequence, summed over its tokens
+        "ppo/kl_per_token": masked_mean(kl, mask).item(),
+        "ppo/entropy": masked_mean(entropy, mask).item(),  # per token, of the policy on its own samples
+        "ppo/reward_mean": rewards.sum(-1).mean().item(),  # score - beta * KL, per sequence
+        "ppo/score_mean": scores.mean().item(),
+        "ppo/score_std": scores.std().item() if len(scores) > 1 else 0.0,
+        "ppo/values_mean": masked_mean(values, mask).item(),
+        "ppo/returns_mean": masked_mean(returns, mask).item(),
+        "rollout/response_length": lengths.mean().item(),
+        "rollout/truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
+    }
+    sampler = [r.sampler_logprobs for r in rollouts]
+    if all(s is not None for s in sampler):
+        from_sampler = torch.zeros_like(old_logprobs)
+        for b, s in enumerate(sampler):
+            from_sampler[b, : len(s)] = torch.tensor(s, dtype=from_sampler.dtype)
+        stats["rollout/logprob_diff"] = masked_mean((from_sampler - old_logprobs).abs(), mask).item()
+    return exp, stats

@@ -1,0 +1,372 @@
+"""Generation backends: the engine must decode exactly like HF `generate` and sample by the same rules."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfmotivated.generation import EngineConfig, SamplingParams, make_generator
+from selfmotivated.generation.engine import EngineGenerator
+from selfmotivated.generation.sampling import eos_token_ids, find_stop, process_logits
+from selfmotivated.tiny import build_tiny_model
+
+SYSTEM = "You are a careful assistant. Think step by step, then give the answer. " * 2
+QUESTIONS = [
+    "What is 2+2?",
+    "Hi",
+    "Tom has 3 apples and buys 5 more. Then he gives 2 of them to his sister. How many apples does he have?",
+    "Name a color.",
+    "Is a coin still heads up after two flips?",
+    "x" * 40,
+]
+
+
+def chat(tokenizer, question: str, system: str = SYSTEM) -> str:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    _, tokenizer = tiny
+    return [chat(tokenizer, q) for q in QUESTIONS]
+
+
+def token_ids(results):
+    return [[c.token_ids for c in completions] for completions in results]
+
+
+GREEDY = SamplingParams(max_new_tokens=24, temperature=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy equality with HF generate (left-padded batches).
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # prefix reuse on, all rows in flight
+        {"prefix_reuse": False},
+        {"max_seqs": 2},  # continuous batching: 6 prompts through 2 slots
+        {"max_seqs": 3, "prefill_tokens": 40},  # prefill split over several forward passes
+        {"max_tokens": 450},  # the KV budget allows only two slots
+    ],
+    ids=["prefix", "no-prefix", "continuous", "chunked-prefill", "kv-budget"],
+)
+def test_greedy_matches_hf(tiny, prompts, options):
+    model, tokenizer = tiny
+    expected = make_generator(model, tokenizer, "hf").generate(prompts, GREEDY)
+    got = make_generator(model, tokenizer, "engine", **options).generate(prompts, GREEDY)
+    assert token_ids(got) == token_ids(expected)
+    assert [[c.text for c in r] for r in got] == [[c.text for c in r] for r in expected]
+
+
+def test_prefix_is_detected_and_shared(tiny, prompts):
+    model, tokenizer = tiny
+    engine = EngineGenerator(model, tokenizer)
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    shared = engine.shared_prefix_length(encoded)
+    # The questions start with different characters, so the prefix ends exactly where they start.
+    common_text = prompts[0][: prompts[0].index("user\n") + len("user\n")]
+    assert shared == len(tokenizer(common_text, add_special_tokens=False)["input_ids"])
+    assert all(ids[:shared] == encoded[0][:shared] for ids in encoded)
+    # One prompt alone: everything but its last token is shared by its n samples.
+    assert engine.shared_prefix_length(encoded[:1]) == len(encoded[0]) - 1
+
+
+def test_greedy_n_samples_and_prompts_without_common_prefix(tiny):
+    model, tokenizer = tiny
+    prompts = ["abc", "Hello there, how are you today?", "zz top"]
+    params = SamplingParams(max_new_tokens=16, temperature=0.0, n=3)
+    expected = make_generator(model, tokenizer, "hf").generate(prompts, params)
+    got = make_generator(model, tokenizer, "engine", max_seqs=4).generate(prompts, params)
+    assert token_ids(got) == token_ids(expected)
+    assert all(len(r) == 3 and r[0].token_ids == r[2].token_ids for r in got)
+    assert [r[0].prompt_tokens for r in got] == [len(tokenizer(p)["input_ids"]) for p in prompts]
+
+
+def test_greedy_matches_hf_with_lora(prompts):
+    from peft import LoraConfig, get_peft_model
+
+    base, tokenizer = build_tiny_model(seed=1)
+    before = make_generator(base, tokenizer, "engine").generate(prompts, GREEDY)
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=16, lora_dropout=0.5, init_lora_weights=False,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    model = get_peft_model(base, config)
+    model.train()  # PPO leaves the policy in train mode; generation must not apply LoRA dropout
+    got = make_generator(model, tokenizer, "engine").generate(prompts, GREEDY)
+    assert model.training
+    expected = make_generator(model, tokenizer, "hf").generate(prompts, GREEDY)
+    assert token_ids(got) == token_ids(expected)
+    assert token_ids(got) != token_ids(before)  # the adapters really were applied
+    with model.disable_adapter():
+        assert token_ids(make_generator(model, tokenizer, "engine").generate(prompts, GREEDY)) == token_ids(before)
+
+
+def test_engine_sees_in_place_weight_updates(prompts):
+    model, tokenizer = build_tiny_model(seed=2)
+    engine = make_generator(model, tokenizer, "engine")
+    before = engine.generate(prompts, GREEDY)
+    with torch.no_grad():  # an optimizer step, in place
+        generator = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    after = engine.generate(prompts, GREEDY)
+    assert token_ids(after) != token_ids(before)
+    assert token_ids(after) == token_ids(make_generator(model, tokenizer, "hf").generate(prompts, GREEDY))
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probabilities, stop strings, EOS, errors, fallback.
+
+
+@pytest.mark.parametrize("backend", ["engine", "hf"])
+def test_logprobs_match_full_forward(tiny, prompts, backend):
+    model, tokenizer = tiny
+    params = SamplingParams(max_new_tokens=12, temperature=0.8, top_k=20, top_p=0.9, n=2, seed=3,
+                            return_logprobs=True)
+    results = make_generator(model, tokenizer, backend, max_seqs=3).generate(prompts[:3], params)
+    for prompt, completions in zip(prompts, results):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for c in completions:
+            assert len(c.logprobs) == len(c.token_ids) > 0
+            ids = torch.tensor([prompt_ids + c.token_ids])
+            with torch.no_grad():
+                logits = model(ids).logits[0, len(prompt_ids) - 1 : -1]  # (T_new, V)
+            # Raw logits: temperature 1, no top-k/top-p filter.
+            expected = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
+            assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-4)
+
+
+def test_stop_strings_truncate_text_tokens_and_logprobs(tiny, prompts):
+    model, tokenizer = tiny
+    full = make_generator(model, tokenizer, "engine").generate(prompts, GREEDY)
+    text = full[2][0].text
+    stop = text[6:9]  # a string the greedy continuation of prompt 2 is known to contain
+    params = SamplingParams(max_new_tokens=24, temperature=0.0, stop=("never appears", stop),
+                            return_logprobs=True)
+    for backend in ("engine", "hf"):
+        results = make_generator(model, tokenizer, backend).generate(prompts, params)
+        for full_row, row in zip(full, results):
+            c, reference = row[0], full_row[0]
+            end = find_stop(reference.text, (stop,))
+            if end < 0:
+                assert c.finish_reason == reference.finish_reason and c.token_ids == reference.token_ids
+                continue
+            assert c.finish_reason == "stop"
+            assert c.text == reference.text[:end] and c.text.endswith(stop)
+            # Tokens: the shortest prefix of the full continuation whose text covers the kept text.
+            k = len(c.token_ids)
+            assert c.token_ids == reference.token_ids[:k]
+            assert len(tokenizer.decode(c.token_ids)) >= end > len(tokenizer.decode(c.token_ids[:-1]))
+            assert len(c.logprobs) == k
+        assert results[2][0].finish_reason == "stop"
+
+
+def test_eos_ends_a_row(tiny, prompts):
+    model, tokenizer = tiny
+    reference = make_generator(model, tokenizer, "engine").generate(prompts, GREEDY)
+    # Declare a token that greedy decoding emits at step 5 of prompt 0 to be an EOS token.
+    eos = reference[0][0].token_ids[5]
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, eos]
+    try:
+        assert eos in eos_token_ids(model, tokenizer)
+        got = make_generator(model, tokenizer, "engine", max_seqs=2).generate(prompts, GREEDY)
+        expected = make_generator(model, tokenizer, "hf").generate(prompts, GREEDY)
+    finally:
+        model.generation_config.eos_token_id = original
+    assert token_ids(got) == token_ids(expected)
+    first = got[0][0]
+    cut = reference[0][0].token_ids.index(eos)
+    assert first.finish_reason == "eos" and first.token_ids == reference[0][0].token_ids[: cut + 1]
+    for ref, row in zip(reference, got):
+        ids = ref[0].token_ids
+        if eos in ids:
+            assert row[0].token_ids == ids[: ids.index(eos) + 1] and row[0].finish_reason == "eos"
+        else:
+            assert row[0].token_ids == ids and row[0].finish_reason == "length"
+
+
+def test_too_long_prompt_is_a_clear_error(tiny):
+    model, tokenizer = tiny
+    engine = make_generator(model, tokenizer, "engine", max_tokens=64)
+    with pytest.raises(ValueError, match="max_tokens=64"):
+        engine.generate(["short", "y" * 60], SamplingParams(max_new_tokens=8))
+    # The same budget is fine for prompts that fit.
+    assert len(engine.generate(["short"], SamplingParams(max_new_tokens=8))[0][0].token_ids) == 8
+
+
+def test_unsupported_architecture_falls_back_to_hf(tiny):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tokenizer = tiny
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2,
+                                       n_positions=256, eos_token_id=tokenizer.eos_token_id))
+    with pytest.warns(UserWarning, match="hf backend") as caught:
+        engine = make_generator(model, tokenizer, "engine")
+    assert len(caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the warning is given once, not per call
+        got = engine.generate(["hello", "a longer prompt"], GREEDY)
+    expected = make_generator(model, tokenizer, "hf").generate(["hello", "a longer prompt"], GREEDY)
+    assert token_ids(got) == token_ids(expected)
+
+
+def test_unknown_backend_and_bad_config():
+    with pytest.raises(ValueError, match="unknown generation backend"):
+        make_generator(None, None, "vllm-typo")
+    with pytest.raises(ValueError):
+        EngineConfig(max_seqs=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling: reproducible, and distributed as temperature -> top-k -> top-p says.
+
+
+def test_sampling_is_reproducible_under_a_seed(tiny, prompts):
+    model, tokenizer = tiny
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.95, n=2, seed=11)
+    first = make_generator(model, tokenizer, "engine").generate(prompts, params)
+    again = make_generator(model, tokenizer, "engine").generate(prompts, params)
+    # Each row draws from its own seeded stream, so the slot layout does not change the samples.
+    other_layout = make_generator(model, tokenizer, "engine", max_seqs=3).generate(prompts, params)
+    other_seed = make_generator(model, tokenizer, "engine").generate(
+        prompts, SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.95, n=2, seed=12))
+    assert token_ids(first) == token_ids(again) == token_ids(other_layout)
+    assert token_ids(first) != token_ids(other_seed)
+    assert all(r[0].token_ids != r[1].token_ids for r in first)  # the n samples differ
+    hf = make_generator(model, tokenizer, "hf")
+    assert token_ids(hf.generate(prompts, params)) == token_ids(hf.generate(prompts, params))
+
+
+def _known_distribution_model():
+    """Tiny model whose next-token logits are known: the head is replaced by a zero-weight linear layer,
+    so the logits equal its bias (a hand-made distribution with ten likely tokens and a long tail)."""
+    model, tokenizer = build_tiny_model(seed=4)
+    vocab = len(tokenizer)
+    head_probs = torch.tensor([0.25, 0.18, 0.14, 0.11, 0.09, 0.07, 0.05, 0.04, 0.03, 0.02])
+    probs = torch.full((vocab,), (1 - head_probs.sum().item()) / (vocab - 10))
+    likely = torch.randperm(vocab, generator=torch.Generator().manual_seed(0))[:10]
+    probs[likely] = head_probs
+    head = torch.nn.Linear(model.config.hidden_size, vocab, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(probs.log())
+    model.config.tie_word_embeddings = False
+    model.lm_head = head
+    return model, tokenizer
+
+
+def _expected_distribution(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """HF's own warpers, in HF's order, as the reference."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    scores = logits[None].clone()
+    scores = TemperatureLogitsWarper(temperature)(None, scores)
+    if top_k:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    return scores.softmax(-1)[0]
+
+
+def _bucketed(probs: torch.Tensor, keys: list[int]) -> torch.Tensor:
+    """Probabilities of each token in `keys`, plus one bucket for all other tokens."""
+    head = probs[keys]
+    return torch.cat([head, (1 - head.sum()).clamp(min=0)[None]])
+
+
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p",
+    [(1.0, 0, 1.0), (0.6, 0, 1.0), (1.7, 6, 0.8), (0.7, 5, 0.6), (2.0, 0, 0.5)],
+)
+def test_sampling_matches_the_known_distribution(temperature, top_k, top_p):
+    model, tokenizer = _known_distribution_model()
+    prompt = chat(tokenizer, "Pick a token.")
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1].float()  # (V,)
+    expected = _expected_distribution(logits, temperature, top_k, top_p)
+    # Compare frequencies on the ten likely tokens plus one bucket for the tail: with 8000 draws the
+    # sampling noise is ~0.013 in total variation.
+    keys = torch.nonzero(logits.softmax(-1) >= 0.01)[:, 0].tolist()
+    target = _bucketed(expected, keys)
+
+    def distance(probs):
+        return 0.5 * (_bucketed(probs, keys) - target).abs().sum().item()
+
+    # The test can tell the rules apart: leaving out any active rule moves the target by > 0.08.
+    if temperature != 1.0:
+        assert distance(_expected_distribution(logits, 1.0, top_k, top_p)) > 0.08
+    if top_k:
+        assert distance(_expected_distribution(logits, temperature, 0, top_p)) > 0.08
+    if top_p < 1.0:
+        assert distance(_expected_distribution(logits, temperature, top_k, 1.0)) > 0.08
+
+    n = 8000
+    params = SamplingParams(max_new_tokens=1, temperature=temperature, top_k=top_k, top_p=top_p, n=n, seed=5)
+    results = make_generator(model, tokenizer, "engine", max_seqs=1024).generate([prompt], params)
+    counts = Counter(c.token_ids[0] for c in results[0])
+    assert set(counts) <= set(torch.nonzero(expected > 0)[:, 0].tolist())  # nothing filtered is ever drawn
+    observed = torch.zeros_like(expected)
+    for token, count in counts.items():
+        observed[token] = count / n
+    assert distance(observed) < 0.04, (distance(observed), counts.most_common(8))
+
+
+def test_process_logits_order_and_ties():
+    logits = torch.tensor([[2.0, 2.0, 1.0, 0.0, -1.0]])
+    kept = process_logits(logits, 1.0, top_k=1, top_p=1.0)
+    assert torch.isfinite(kept).tolist() == [[True, True, False, False, False]]  # ties with the k-th stay
+    # top-p after temperature: at T=0.25 the top two tokens already hold > 0.999 of the mass.
+    kept = process_logits(logits, 0.25, top_k=0, top_p=0.99)
+    assert torch.isfinite(kept).tolist() == [[True, True, False, False, False]]
+    # At T=1 the probabilities are .39 .39 .14 .05 .02: top_p=0.9 drops the two-token tail (.07 <= .1).
+    kept = process_logits(logits, 1.0, top_k=0, top_p=0.9)
+    assert torch.isfinite(kept).tolist() == [[True, True, True, False, False]]
+    kept = process_logits(logits, 1.0, top_k=0, top_p=1e-6)  # the most likely token always stays
+    assert torch.isfinite(kept).sum().item() >= 1
+    assert math.isclose(process_logits(logits, 2.0, 0, 1.0)[0, 0].item(), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The default model, when it has been converted locally.
+
+DEFAULT_MODEL = Path.home() / ".cache" / "selfmotivated" / "models" / "smollm2-135m-instruct"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEFAULT_MODEL / "config.json").exists(), reason="default model not converted locally")
+def test_default_model_greedy_matches_hf():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_MODEL)
+    few_shot = "Q: There are 3 cars and 2 more arrive. How many cars?\nA: 3 + 2 = 5. The answer is 5.\n"
+    questions = ["Tom has 3 apples and buys 5 more. How many apples does he have?",
+                 "A coin is heads up. Ann flips it. Is it still heads up?", "What is 12 times 7?"]
+    prompts = [chat(tokenizer, f"{few_shot}Q: {q}\nA:", system="You are a helpful assistant.") for q in questions]
+    prompts += [chat(tokenizer, q, system="You are a helpful assistant.") for q in questions[:2]]
+    params = SamplingParams(max_new_tokens=48, temperature=0.0)
+    expected = make_generator(model, tokenizer, "hf").generate(prompts, params)
+    for options in ({}, {"prefix_reuse": False, "max_seqs": 2}):
+        got = make_generator(model, tokenizer, "engine", **options).generate(prompts, params)
+        assert token_ids(got) == token_ids(expected)
