@@ -1,0 +1,118 @@
+"""`sml run` on tiny-random: every stage real, resume at stage boundaries, fingerprint invalidation, config errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selfmotivated.cli import main
+from selfmotivated.pipeline import STAGES, load_pipeline_config, run_pipeline, smoke_config
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def stages(run: Path) -> dict:
+    return json.loads((run / "stages.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One full smoke run shared by the tests that only read it."""
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    config = smoke_config(load_pipeline_config(DEMO))
+    config.report = False
+    summary = run_pipeline(config, run)
+    return run, config, summary
+
+
+def test_every_stage_runs_and_summary_has_all_models(smoke_run):
+    run, config, summary = smoke_run
+    assert [s for s in STAGES if stages(run)[s]["status"] == "done"] == list(STAGES)
+    assert set(summary["models"]) == {"base", "base_few_shot", "sft", "sml", "sml_best_of_n"}
+    for model in summary["models"].values():
+        m = model["synthetic_coin_flip"]
+        assert m["n"] == 4 and 0 <= m["accuracy"] <= 1 and len(m["ci95"]) == 2
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["models"] == summary["models"]
+    assert (run / "sft" / "model" / "config.json").exists()
+    assert (run / "ppo" / "policy" / "config.json").exists()
+    assert (run / "ranked").is_dir() and (run / "rationales.sqlite").exists()
+
+
+def test_rerun_skips_everything(smoke_run, caplog):
+    run, config, _ = smoke_run
+    before = {p: p.stat().st_mtime_ns for p in (run / "eval").rglob("predictions.jsonl")}
+    with caplog.at_level("INFO"):
+        run_pipeline(config, run)
+    assert sum("done before, skipped" in r.message for r in caplog.records) == len(STAGES)
+    assert {p: p.stat().st_mtime_ns for p in (run / "eval").rglob("predictions.jsonl")} == before
+
+
+def test_changed_setting_reruns_that_stage_and_later(tmp_path, smoke_run):
+    import shutil
+
+    src, config, _ = smoke_run
+    run = tmp_path / "copy"  # also shows a copied run folder resumes: fingerprints name paths relative to it
+    shutil.copytree(src, run)
+    first = stages(run)
+    config.reward = {**config.reward, "learning_rate": 1e-3}
+    run_pipeline(config, run)
+    after = stages(run)
+    for stage in ("baseline", "generate", "rank", "sft"):
+        assert after[stage]["fingerprint"] == first[stage]["fingerprint"]
+    for stage in ("reward", "ppo", "evaluate", "best_of_n"):
+        assert after[stage]["fingerprint"] != first[stage]["fingerprint"] and after[stage]["status"] == "done"
+    stale = list((run / "stale").iterdir())
+    assert any(p.name.startswith("reward-") for p in stale)  # old output moved aside, not deleted
+
+
+def test_interrupted_stage_resumes(tmp_path, monkeypatch):
+    from selfmotivated import pipeline
+
+    config = smoke_config(load_pipeline_config(DEMO))
+    config.report = False
+    run = tmp_path / "run"
+    real = pipeline._run_one
+    calls = []
+
+    def crash_in_sft(stage, label, cfg, run_dir):
+        calls.append(stage)
+        if stage == "sft":
+            raise KeyboardInterrupt("simulated stop")
+        return real(stage, label, cfg, run_dir)
+
+    monkeypatch.setattr(pipeline, "_run_one", crash_in_sft)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, run, until="sft")
+    assert stages(run)["sft"]["status"] == "running" and stages(run)["generate"]["status"] == "done"
+    monkeypatch.setattr(pipeline, "_run_one", real)
+    run_pipeline(config, run, until="sft")
+    assert stages(run)["sft"]["status"] == "done" and "reward" not in stages(run)
+
+
+def test_config_errors_name_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": "tiny-random", "sft": {"learning_rat": 1e-4}}))
+    with pytest.raises(ValueError, match=r"sft: unknown key\(s\) \['learning_rat'\]"):
+        load_pipeline_config(bad)
+    bad.write_text(yaml.safe_dump({"modle": "tiny-random"}))
+    assert main(["run", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "modle" in capsys.readouterr().err
+    bad.write_text(yaml.safe_dump({"ppo": {"iterations": "many"}}))
+    with pytest.raises(ValueError, match="iterations"):
+        load_pipeline_config(bad)
+
+
+def test_until_and_from(tmp_path):
+    config = smoke_config(load_pipeline_config(DEMO))
+    config.report = False
+    run = tmp_path / "run"
+    run_pipeline(config, run, until="generate")
+    assert set(stages(run)) == {"baseline", "generate"}
+    first = stages(run)["generate"]
+    run_pipeline(config, run, until="generate", from_stage="generate")
+    assert stages(run)["generate"]["fingerprint"] == first["fingerprint"]
+    assert any(p.name.startswith("generate-") for p in (run / "stale").iterdir())
+    with pytest.raises(ValueError, match="not a stage"):
+        run_pipeline(config, run, until="nope")
