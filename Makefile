@@ -18,7 +18,7 @@ install-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
 demo: install
-	$(BIN)/sml eval --model smollm2-135m-instruct --dataset synthetic_coin_flip --limit 50 --out runs/demo-eval
+	$(BIN)/sml run configs/demo.yaml --out runs/demo
 
 test: install-test
 	$(BIN)/python -m pytest -q
