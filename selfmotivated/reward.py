@@ -22,11 +22,13 @@ Loading a saved reward model:
 - `load_reward_model(folder)` handles every case below.
 - `--method full` or `--save-merged`: a plain folder, `AutoModelForSequenceClassification.from_pretrained(folder)`.
 - LoRA (default): an adapter folder with the score head inside (`modules_to_save`). With plain transformers:
+      tokenizer = AutoTokenizer.from_pretrained(folder)
       base = AutoModelForSequenceClassification.from_pretrained(SFT_FOLDER, num_labels=1)
       base.config.pad_token_id = tokenizer.pad_token_id
       model = peft.PeftModel.from_pretrained(base, folder)
-  where SFT_FOLDER is `base_model_name_or_path` of adapter_config.json (also in reward_model.json). When the
-  SFT model was itself a LoRA adapter, merge it into its base first (load_reward_model does).
+  where SFT_FOLDER is `base_model_name_or_path` of adapter_config.json (also "backbone" in reward_model.json).
+  When the SFT model was itself a LoRA adapter folder, that is the folder named there: merge it into its base
+  first (load_reward_model does).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .data import DataConfig
+from .models import resolve_model
 from .training import (
     Loop, TrainConfig, TrainerState, add_lora, check_max_length, deal_eval, deal_steps, fingerprint, fit,
     hf_progress_bars_off, length_grouped_batches, make_accelerator, make_optimizer, make_scheduler,
@@ -352,7 +355,7 @@ def load_scoring_backbone(name_or_path: str, trust_remote_code: bool = False, dt
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .models import _pick_dtype, resolve_model
+    from .models import _pick_dtype
 
     resolved = Path(resolve_model(name_or_path)) if name_or_path else None
     torch_dtype = _pick_dtype(dtype, "cpu")
@@ -371,9 +374,21 @@ def load_scoring_backbone(name_or_path: str, trust_remote_code: bool = False, dt
                              f"({[k for k in missing if not k.startswith('score.')][:5]})")
         model.to(torch_dtype)
     else:
-        with hf_progress_bars_off():
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(resolved), num_labels=1, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its report of the new score head is expected; we check it below
+        try:
+            with hf_progress_bars_off():
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    str(resolved), num_labels=1, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                    output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        missing = [k for k in info.get("missing_keys", ()) if not k.startswith("score.")]
+        if missing:
+            raise ValueError(f"cannot build a scoring model from {name_or_path}: {len(missing)} backbone weights "
+                             f"are not in the checkpoint (e.g. {sorted(missing)[:3]})")
         tokenizer = AutoTokenizer.from_pretrained(str(resolved), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -469,26 +484,40 @@ def resolve_start_model(config: RewardConfig) -> str:
     raise ValueError("reward needs a model to start from: pass --model (the SFT model folder, or the base model)")
 
 
+def build_reward_model(config: RewardConfig, start_model: str):
+    """(model, tokenizer, backbone folder): a score head on `start_model`, with a fresh LoRA adapter (the head
+    in modules_to_save) unless method == full."""
+    model, tokenizer = load_scoring_backbone(start_model, config.trust_remote_code)
+    check_max_length(model, config.max_length)
+    model.config.use_cache = False
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # The backbone as a folder (known names resolved): recorded in the saved folder, and as the adapter's
+    # base so PeftModel.from_pretrained finds the right weights.
+    resolved = resolve_model(start_model)
+    backbone = str(Path(resolved).resolve()) if Path(resolved).exists() else resolved
+    if config.method == "lora":
+        model = add_lora(model, config, task_type="SEQ_CLS", modules_to_save=["score"])
+        model.peft_config["default"].base_model_name_or_path = backbone
+    return model, tokenizer, backbone
+
+
 def run_reward(config: RewardConfig) -> dict:
     """Train the reward model, save `OUT/model`, return held-out metrics (also in `OUT/run.json`)."""
+    import torch
+
     out = resolve_out(config, "reward")
     start_model = resolve_start_model(config)
     accelerator = make_accelerator(config)
     settings = settings_of(config)
     resume_from = prepare_out(out, settings, config.resume, accelerator)
 
+    rows = load_pair_rows(config)  # before the model: bad input fails fast
+    groups = group_pairs(rows)
     set_seed(config.seed)
-    model, tokenizer = load_scoring_backbone(start_model, config.trust_remote_code)
-    check_max_length(model, config.max_length)
-    model.config.use_cache = False
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if config.method == "lora":
-        model = add_lora(model, config, task_type="SEQ_CLS", modules_to_save=["score"])
+    model, tokenizer, backbone = build_reward_model(config, start_model)
 
     # -- data: pairs -> questions -> held-out questions -> batches of whole questions
-    rows = load_pair_rows(config)
-    groups = group_pairs(rows)
     items, dropped = tokenize_groups(groups, tokenizer, config.max_length, config.too_long)
     if not items:
         raise ValueError(f"every pair of the {len(groups)} questions was dropped: longer than max_length="
@@ -527,11 +556,9 @@ def run_reward(config: RewardConfig) -> dict:
     if resume_from is not None:
         state = resume_state(accelerator, resume_from, state, out)
     elif val:
-        import torch
-
         model.eval()
         with torch.no_grad():
-            state.evals.append({"step": 0, **evaluate(model), "best": False})
+            state.evals.append({"step": 0, **evaluate(model), "best": False})  # the start, for the record
 
     n_pairs = [len(it["pairs"]) for it in items]
     data = {"pair_rows": len(rows), "questions": len(groups), "dropped_too_long": dropped,
@@ -547,8 +574,8 @@ def run_reward(config: RewardConfig) -> dict:
     write_run_record(out, "reward", settings, "running", data, {}, state, accelerator)
 
     model_dir = out / "model"
-    meta = {"backbone": str(Path(start_model).resolve()) if Path(start_model).exists() else start_model,
-            "method": config.method, "max_length": config.max_length,
+    meta = {"backbone": backbone, "backbone_as_given": start_model, "method": config.method,
+            "max_length": config.max_length,
             "score": "value of the score head at the last token; sequences right-padded, trailing pad removed"}
 
     def save_model(m) -> None:
@@ -563,16 +590,17 @@ def run_reward(config: RewardConfig) -> dict:
         merge_reward_folder(model_dir)
     accelerator.wait_for_everyone()
     metrics = reward_metrics(state, steps_per_epoch, config.keep_best, model_dir if finished else None)
+    status = "finished" if finished else "stopped"
+    write_run_record(out, "reward", settings, status, data, metrics, state, accelerator)
     if finished and config.bon_n and accelerator.is_main_process:
+        # Generation runs on the main process only, after the last collective (no barrier can time out).
         rerank = RerankConfig(reward_model=str(model_dir), out=str(out / "best_of_n"), n=config.bon_n,
                               temperature=config.bon_temperature, max_new_tokens=config.bon_max_new_tokens,
                               seed=config.seed, progress=config.progress,
                               data=DataConfig(dataset=config.bon_dataset, split="test", limit=config.bon_limit,
                                               data_dir=config.data_dir))
         metrics["best_of_n"] = run_rerank(rerank)
-    accelerator.wait_for_everyone()
-    write_run_record(out, "reward", settings, "finished" if finished else "stopped", data, metrics, state,
-                     accelerator)
+        write_run_record(out, "reward", settings, status, data, metrics, state, accelerator)
     return metrics
 
 
@@ -738,6 +766,8 @@ def run_rerank(config: RerankConfig, *, generator=None, policy_tokenizer=None, r
         examples = load_examples(config.data)
     if not examples:
         raise ValueError("no questions to rerank")
+    if generator is not None and policy_tokenizer is None:
+        raise ValueError("run_rerank: pass policy_tokenizer with generator (prompts are built with it)")
     if generator is None:
         from .generation import make_generator
         from .models import load_model

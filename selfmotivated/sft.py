@@ -194,6 +194,7 @@ def run_sft(config: SFTConfig) -> dict:
     settings = settings_of(config)
     resume_from = prepare_out(out, settings, config.resume, accelerator)
 
+    rows = load_sft_rows(config)  # before the model: bad input fails fast
     set_seed(config.seed)
     model, tokenizer, from_adapter = load_policy_for_training(config)
     save_merged = config.save_merged or (config.method == "lora" and from_adapter)
@@ -201,7 +202,6 @@ def run_sft(config: SFTConfig) -> dict:
         log.warning("%s is an adapter (merged before training): the new adapter is saved merged", config.model)
 
     # -- data: tokenize, hold out whole questions, plan length-bucketed batches
-    rows = load_sft_rows(config)
     items, n_dropped = tokenize_sft(rows, tokenizer, config.max_length, config.too_long)
     if not items:
         raise ValueError(f"all {len(rows)} SFT rows are longer than max_length={config.max_length} tokens")

@@ -142,11 +142,11 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.run_dir and self.train_file:
             raise ValueError("give either run_dir (a `sml generate` run folder) or train_file (JSONL), not both")
-        if not self.run_dir and not self.train_file:
-            raise ValueError("no training data: pass --run-dir (a `sml generate` run folder) or --train-file (JSONL)")
 
 
 def resolve_out(config: TrainConfig, stage: str) -> Path:
+    if not config.run_dir and not config.train_file:
+        raise ValueError("no training data: pass --run-dir (a `sml generate` run folder) or --train-file (JSONL)")
     if config.out:
         return Path(config.out)
     if config.run_dir:
@@ -302,8 +302,10 @@ def make_accelerator(config: TrainConfig):
             mp = "bf16"
         else:
             mp = "no"
+    # Without a GPU, accelerate sets up torch.distributed (gloo) for several processes only when told cpu=True.
+    cpu = config.cpu or not torch.cuda.is_available()
     # The scheduler is stepped once per optimizer step (accelerate would otherwise step it once per process).
-    return Accelerator(mixed_precision=mp, cpu=config.cpu, step_scheduler_with_optimizer=False)
+    return Accelerator(mixed_precision=mp, cpu=cpu, step_scheduler_with_optimizer=False)
 
 
 def add_lora(model, config: TrainConfig, task_type: str, modules_to_save: list[str] | None = None):
@@ -338,9 +340,14 @@ def make_optimizer(model, config: TrainConfig, learning_rate: float):
             (decay if p.ndim >= 2 else no_decay).append(p)
     if not decay and not no_decay:
         raise ValueError("the model has no trainable parameters")
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate)
+    groups = [g for g in ({"params": decay, "weight_decay": config.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    # The fused kernel updates each tensor in one pass: on CPU about 50x faster than the default (foreach)
+    # one, which for full fine-tuning of the 135M default model was a quarter of the step time.
+    try:
+        return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(groups, lr=learning_rate)
 
 
 def make_scheduler(optimizer, config: TrainConfig, total_steps: int):
@@ -472,6 +479,7 @@ def prepare_out(out: Path, settings: dict, resume: bool, accelerator) -> Path | 
         out.mkdir(parents=True, exist_ok=True)
         if last is not None and not resume:
             shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
+        if last is None or not resume:  # a fresh start: no metrics of an earlier run
             (out / "metrics.jsonl").unlink(missing_ok=True)
         write_json(out / "config.json", settings)
     accelerator.wait_for_everyone()

@@ -106,8 +106,9 @@ def test_greedy_matches_hf_with_lora(prompts):
                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     model = get_peft_model(base, config)
     model.train()  # PPO leaves the policy in train mode; generation must not apply LoRA dropout
+    frozen = model.get_base_model().model.embed_tokens.eval()  # a submodule the caller keeps in eval
     got = make_generator(model, tokenizer, "engine").generate(prompts, GREEDY)
-    assert model.training
+    assert model.training and not frozen.training  # every module's own mode is restored
     expected = make_generator(model, tokenizer, "hf").generate(prompts, GREEDY)
     assert token_ids(got) == token_ids(expected)
     assert token_ids(got) != token_ids(before)  # the adapters really were applied

@@ -79,8 +79,8 @@ class EngineConfig:
     prefix_reuse: bool = field(default=True, metadata={"help": "Encode the prompts' longest common token "
                                                                "prefix once and share its keys/values."})
     min_prefix_tokens: int = field(default=8, metadata={"help": "Shorter common prefixes are not shared."})
-    prefill_tokens: int = field(default=4096, metadata={"help": "Most (padded) prompt tokens encoded in one "
-                                                                "forward pass; bounds activation memory."})
+    prefill_tokens: int = field(default=4096, metadata={"help": "Most prompt tokens encoded in one forward "
+                                                                "pass; bounds activation memory."})
 
     def __post_init__(self):
         for name in ("max_seqs", "max_tokens", "prefill_tokens"):

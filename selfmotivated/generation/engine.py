@@ -36,6 +36,7 @@ from selfmotivated.generation.hf import HFGenerator, _progress_bar
 from selfmotivated.generation.sampling import (
     call_seed,
     eos_token_ids,
+    eval_mode,
     find_stop,
     finish_completion,
     row_seed,
@@ -136,14 +137,8 @@ class EngineGenerator:
                 self._warned_window = True
             return self.hf.generate(prompts, params, progress)
 
-        model = self.model
-        was_training = model.training
-        model.eval()  # no dropout (LoRA dropout included) while generating; restored below
-        try:
-            with torch.inference_mode():
-                return _Run(self, encoded, params, progress).run()
-        finally:
-            model.train(was_training)
+        with eval_mode(self.model), torch.inference_mode():
+            return _Run(self, encoded, params, progress).run()
 
     def shared_prefix_length(self, encoded: list[list[int]]) -> int:
         """Tokens shared by every prompt, kept below each prompt's length (each row needs >= 1 own token)."""
@@ -190,7 +185,10 @@ class _Run:
         # scaling variants are honoured). (N, D)
         positions = torch.arange(self.P + self.cap + 1, device=self.device)[None]
         cos, sin = body.rotary_emb(torch.empty(0, device=self.device, dtype=self.dtype), positions)
-        self.cos, self.sin = cos[0], sin[0]
+        # HF rotates by x * cos + cat(-x2, x1) * sin; we fold the sign into sin once:
+        # x * cos + cat(x2, x1) * cat(-sin1, sin2), the same numbers (a sign flip is exact).
+        half = cos.shape[-1] // 2
+        self.cos, self.sin = cos[0], torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
 
         n_layers = len(self.layers)
         # Slot caches, zero-filled: masked positions must hold finite values (0 * NaN would poison them).
@@ -198,6 +196,7 @@ class _Run:
         self.cache_k = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.cache_v = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.prefix_k: list[torch.Tensor] = []  # per layer (KV, P, D)
+        self.prefix_kt: list[torch.Tensor] = []  # per layer (KV, D, P), contiguous for the decode matmul
         self.prefix_v: list[torch.Tensor] = []
 
         # Queue: longest suffix first; a prompt's samples consecutive so its suffix is encoded once.
@@ -231,15 +230,15 @@ class _Run:
         free = self.n_slots - len(self.active)
         rows: list[_Row] = []
         to_encode: list[int] = []  # prompts whose suffix this admission encodes
-        width = 0
+        packed = 0  # their tokens, packed into one forward pass
         while self.queue and len(rows) < free:
             row = self.queue[0]
             if row.prompt not in self.stash and row.prompt not in to_encode:
-                new_width = max(width, len(self.suffixes[row.prompt]))
-                if to_encode and (len(to_encode) + 1) * new_width > self.engine.config.prefill_tokens:
+                n = len(self.suffixes[row.prompt])
+                if to_encode and packed + n > self.engine.config.prefill_tokens:
                     break  # this forward pass is full; the next admission takes the rest
                 to_encode.append(row.prompt)
-                width = new_width
+                packed += n
             rows.append(self.queue.popleft())
 
         first_slot = len(self.active)
@@ -363,6 +362,7 @@ class _Run:
             q, k, v = self.layer_qkv(layer, x, cos, sin)
             k, v = k[0].transpose(0, 1).contiguous(), v[0].transpose(0, 1).contiguous()  # (KV, P, D)
             self.prefix_k.append(k)
+            self.prefix_kt.append(k.transpose(1, 2).contiguous())
             self.prefix_v.append(v)
             if i == len(self.layers) - 1:
                 break  # the prefix's last hidden states are never used
@@ -373,31 +373,39 @@ class _Run:
 
     def encode_suffixes(self, suffixes: list[list[int]], slots: list[int]) -> torch.Tensor:
         """Encode prompt suffixes (after the shared prefix) into the given slots; return each one's
-        next-token logits (B, V)."""
-        B, T, P = len(suffixes), max(len(s) for s in suffixes), self.P
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor([s + [pad] * (T - len(s)) for s in suffixes], device=self.device)  # (B, T) right-padded
-        slot_index = torch.tensor(slots, device=self.device)
-        x = self.embed(ids)  # (B, T, H)
-        cos, sin = self.cos[None, P : P + T, None], self.sin[None, P : P + T, None]  # (1, T, 1, D)
-        # Every query sees the whole prefix and its own earlier tokens; right padding sits after every
-        # real token, so the causal part hides it from real queries. (T, P + T)
-        visible = torch.ones(T, P + T, dtype=torch.bool, device=self.device)
-        visible[:, P:] = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()
+        next-token logits (B, V).
+
+        The suffixes are packed into one sequence without padding, so the projections and MLPs (most
+        of the work) run on exactly the real tokens; attention runs per suffix, over the shared prefix
+        and the suffix's own earlier tokens."""
+        P, device = self.P, self.device
+        lengths = [len(s) for s in suffixes]
+        starts = [sum(lengths[:b]) for b in range(len(suffixes))]
+        ids = torch.tensor([[token for s in suffixes for token in s]], device=device)  # (1, N)
+        own_pos = torch.cat([torch.arange(n, device=device) for n in lengths])  # (N,) position within suffix
+        token_slot = torch.repeat_interleave(torch.tensor(slots, device=device), torch.tensor(lengths, device=device))
+        x = self.embed(ids)  # (1, N, H)
+        cos, sin = self.cos[P + own_pos][None, :, None], self.sin[P + own_pos][None, :, None]  # (1, N, 1, D)
+        # Query t of a suffix sees the whole prefix and the suffix's tokens 0..t. (T, P + T) per suffix
+        visible = torch.ones(max(lengths), P + max(lengths), dtype=torch.bool, device=device).tril(diagonal=P)
         for i, layer in enumerate(self.layers):
-            q, k, v = self.layer_qkv(layer, x, cos, sin)
-            k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, KV, T, D)
-            self.cache_k[i, slot_index, :, :T] = k
-            self.cache_v[i, slot_index, :, :T] = v
-            if P > 0:
-                k = torch.cat([self.prefix_k[i].expand(B, -1, -1, -1), k], dim=2)  # (B, KV, P+T, D)
-                v = torch.cat([self.prefix_v[i].expand(B, -1, -1, -1), v], dim=2)
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k, v, attn_mask=visible, scale=self.scaling, enable_gqa=True
-            )  # (B, nh, T, D)
-            x = self.layer_out(layer, x, out.transpose(1, 2).reshape(B, T, -1))
-        last = torch.tensor([len(s) - 1 for s in suffixes], device=self.device)
-        h = self.norm(x[torch.arange(B, device=self.device), last])  # (B, H)
+            q, k, v = self.layer_qkv(layer, x, cos, sin)  # q (1, N, nh, D), k/v (1, N, KV, D)
+            self.cache_k[i, token_slot, :, own_pos] = k[0]
+            self.cache_v[i, token_slot, :, own_pos] = v[0]
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (1, heads, N, D)
+            outs = []
+            for start, n in zip(starts, lengths):
+                q_b, k_b, v_b = q[:, :, start : start + n], k[:, :, start : start + n], v[:, :, start : start + n]
+                if P > 0:
+                    k_b = torch.cat([self.prefix_k[i][None], k_b], dim=2)  # (1, KV, P + n, D)
+                    v_b = torch.cat([self.prefix_v[i][None], v_b], dim=2)
+                outs.append(F.scaled_dot_product_attention(
+                    q_b, k_b, v_b, attn_mask=visible[:n, : P + n], scale=self.scaling, enable_gqa=True
+                ))  # (1, nh, n, D)
+            out = torch.cat(outs, dim=2).transpose(1, 2).reshape(1, ids.shape[1], -1)  # (1, N, nh*D)
+            x = self.layer_out(layer, x, out)
+        last = torch.tensor([start + n - 1 for start, n in zip(starts, lengths)], device=device)
+        h = self.norm(x[0, last])  # (B, H)
         return self.lm_head(h)  # (B, V)
 
     def decode_forward(self, tokens: torch.Tensor, lengths: torch.Tensor, span: int) -> torch.Tensor:
@@ -415,29 +423,31 @@ class _Run:
             q, k, v = self.layer_qkv(layer, x, cos, sin)  # q (A, 1, nh, D), k/v (A, 1, KV, D)
             self.cache_k[i, rows, :, lengths] = k[:, 0]
             self.cache_v[i, rows, :, lengths] = v[:, 0]
-            q = q.view(A, KV, G, D)  # query heads grouped by their kv head
+            # Query heads grouped by their kv head, pre-scaled (head_dim ** -0.5 is a power of two for
+            # the usual head sizes, so this rounds exactly like scaling the scores).
+            q = q.view(A, KV, G, D) * self.scaling
             own_k = self.cache_k[i, :A, :, :span]  # (A, KV, span, D)
             own_v = self.cache_v[i, :A, :, :span]
-            scores = torch.matmul(q, own_k.transpose(-1, -2)) * self.scaling + mask  # (A, KV, G, span)
-            if P > 0:
-                # All rows' queries against the one prefix: (KV, A*G, D) @ (KV, D, P) -> (KV, A*G, P)
-                q_by_kv = q.transpose(0, 1).reshape(KV, A * G, D)
-                prefix_scores = torch.matmul(q_by_kv, self.prefix_k[i].transpose(-1, -2)) * self.scaling
-                prefix_scores = prefix_scores.view(KV, A, G, P).transpose(0, 1)  # (A, KV, G, P)
-                scores = torch.cat([prefix_scores, scores], dim=-1)  # (A, KV, G, P + span)
-            probs = scores.softmax(dim=-1, dtype=torch.float32).to(self.dtype)
-            out = torch.matmul(probs[..., P:], own_v)  # (A, KV, G, D)
-            if P > 0:
-                prefix_probs = probs[..., :P].transpose(0, 1).reshape(KV, A * G, P)
-                prefix_out = torch.matmul(prefix_probs, self.prefix_v[i])  # (KV, A*G, D)
+            scores = torch.matmul(q, own_k.transpose(-1, -2)) + mask  # (A, KV, G, span)
+            if P == 0:
+                probs = scores.softmax(dim=-1, dtype=torch.float32).to(self.dtype)
+                out = torch.matmul(probs, own_v)  # (A, KV, G, D)
+            else:
+                # Work in (KV, A, G, .) layout: all rows' queries meet the one prefix in a single
+                # batched matmul (KV, A*G, D) @ (KV, D, P), and the prefix probabilities stay a view.
+                prefix_scores = torch.matmul(q.transpose(0, 1).reshape(KV, A * G, D), self.prefix_kt[i])
+                scores = torch.cat([prefix_scores.view(KV, A, G, P), scores.transpose(0, 1)], dim=-1)
+                probs = scores.softmax(dim=-1, dtype=torch.float32).to(self.dtype)  # (KV, A, G, P + span)
+                prefix_out = torch.matmul(probs[..., :P].reshape(KV, A * G, P), self.prefix_v[i])  # (KV, A*G, D)
+                out = torch.matmul(probs[..., P:].transpose(0, 1), own_v)  # (A, KV, G, D)
                 out = out + prefix_out.view(KV, A, G, D).transpose(0, 1)
             x = self.layer_out(layer, x, out.reshape(A, 1, KV * G * D))
         h = self.norm(x[:, 0])  # (A, H)
         return self.lm_head(h)  # (A, V)
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding in HF's convention (rotate the two halves). x (B, T, h, D); cos/sin broadcastable."""
+def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in HF's convention (rotate the two halves). x (B, T, h, D); cos and the
+    sign-folded sin (see `_Run.__init__`) broadcastable to x."""
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin

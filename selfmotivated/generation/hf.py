@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from selfmotivated.generation import Completion, SamplingParams
-from selfmotivated.generation.sampling import call_seed, eos_token_ids, finish_completion
+from selfmotivated.generation.sampling import call_seed, eos_token_ids, eval_mode, finish_completion
 
 
 class HFGenerator:
@@ -56,11 +56,10 @@ class HFGenerator:
         device = next(model.parameters()).device
         raw: list[tuple[list[int], list[float] | None]] = []
         bar = _progress_bar(len(prompts), progress)
-        was_training = model.training
-        model.eval()
         try:
             # A private RNG stream: the seed decides the samples, and the caller's global RNG is untouched.
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            with eval_mode(model), torch.no_grad(), \
+                    torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(call_seed(params))
                 for start in range(0, len(rows), self.batch_size):
                     batch = [encoded[i] for i in rows[start : start + self.batch_size]]
@@ -73,16 +72,18 @@ class HFGenerator:
                     )
                     new = out.sequences[:, width:].tolist()  # (B, T_new), padded after EOS
                     logprobs = None
-                    if params.return_logprobs:
-                        steps = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # (B, T_new, V)
-                        logprobs = steps.gather(-1, out.sequences[:, width:, None])[..., 0].tolist()
+                    if params.return_logprobs:  # out.logits: one raw (B, V) tensor per step
+                        chosen = out.sequences[:, width:]  # (B, T_new)
+                        logprobs = torch.stack([
+                            step.float().log_softmax(-1).gather(-1, chosen[:, t, None])[:, 0]
+                            for t, step in enumerate(out.logits)
+                        ], dim=1).tolist()  # (B, T_new)
                     for b, ids in enumerate(new):
                         raw.append((ids, logprobs[b] if logprobs is not None else None))
                     if bar is not None:
                         done = len(raw) // params.n
                         bar.update(done - bar.n)
         finally:
-            model.train(was_training)
             if bar is not None:
                 bar.close()
         results: list[list[Completion]] = [[] for _ in prompts]

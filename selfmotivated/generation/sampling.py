@@ -12,6 +12,7 @@ The rules follow Hugging Face `generate` exactly so that backends agree:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -31,6 +32,19 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     return ids
+
+
+@contextmanager
+def eval_mode(model):
+    """Run with every module in eval mode (no dropout, LoRA dropout included), then restore each
+    module's own mode: a PPO policy is usually in train mode between rollouts."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def process_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -85,11 +99,24 @@ def sample_next(
     else:
         probs = process_logits(logits, params.temperature, params.top_k, params.top_p).softmax(dim=-1)
         assert generators is not None and len(generators) == probs.shape[0]
-        tokens = torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(generators)])
+        tokens = _inverse_cdf_sample(probs, generators)
     logprobs = None
     if params.return_logprobs:
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]  # (B,)
     return tokens, logprobs
+
+
+def _inverse_cdf_sample(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One draw per row of (B, V) probabilities: the first token whose cumulative probability exceeds a
+    uniform u from the row's generator. Exact like `torch.multinomial`, but one uniform per row instead
+    of V exponentials (multinomial's cost, ~1.5 ms per row at V=49k on this CPU). A zero-probability
+    token is never drawn: its cumulative value equals its predecessor's, which is <= u."""
+    cdf = probs.double().cumsum(dim=-1)  # (B, V), float64 so a long tail does not drift
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64, device=probs.device) for g in generators])
+    tokens = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]  # (B,)
+    # u * total can round up to total (probability ~1e-16): take the last token that has mass.
+    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(dim=-1)
+    return torch.where(tokens > last, last, tokens)
 
 
 def find_stop(text: str, stop: Sequence[str]) -> int:

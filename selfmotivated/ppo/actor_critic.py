@@ -84,7 +84,9 @@ class ActorCritic(nn.Module):
         self.reference = reference
         self.lora = hasattr(policy, "peft_config")
         if self.lora and (critic is not None or reference is not None):
-            raise ValueError("with LoRA the critic and the reference share the policy's backbone; pass neither")
+            raise ValueError(
+                "with LoRA the critic and the reference share the policy's backbone; pass neither"
+            )
         if not self.lora and (critic is None or reference is None):
             raise ValueError("full fine-tuning needs a separate critic model and a frozen reference model")
         if reference is not None:
@@ -174,11 +176,15 @@ class ActorCritic(nn.Module):
         return logprobs, entropy
 
     @torch.no_grad()
-    def reference_logprobs(self, sequences, attention_mask, prompt_width: int) -> torch.Tensor:
-        """log pi_ref(response token) under the frozen SFT model. (B, P + T) -> (B, T)."""
+    def reference_logits(self, sequences, attention_mask, prompt_width: int) -> torch.Tensor:
+        """Next-token logits of the frozen SFT model at response positions. (B, P + T) -> (B, T, V)."""
         with self.reference_model() as ref:
             h = response_hidden(hidden_states(ref, sequences, attention_mask), prompt_width)
-            logits = _hf_model(ref).get_output_embeddings()(h)  # (B, T, V)
+            return _hf_model(ref).get_output_embeddings()(h)
+
+    def reference_logprobs(self, sequences, attention_mask, prompt_width: int) -> torch.Tensor:
+        """log pi_ref(response token) under the frozen SFT model. (B, P + T) -> (B, T)."""
+        logits = self.reference_logits(sequences, attention_mask, prompt_width)  # (B, T, V)
         return logprobs_from_logits(logits, sequences[:, prompt_width:])
 
     def values(self, sequences, attention_mask, prompt_width: int) -> torch.Tensor:
@@ -199,8 +205,14 @@ def lora_config(r: int, alpha: int, dropout: float, target: str):
     from peft import LoraConfig
 
     targets = target if target == "all-linear" else [t.strip() for t in target.split(",") if t.strip()]
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def merge_if_adapter(model):
@@ -227,8 +239,10 @@ def reward_adapter_parts(folder):
     lora = {k: v for k, v in tensors.items() if "lora_" in k}
     head_keys = [k for k in tensors if k.endswith("score.weight")]
     if len(head_keys) != 1:
-        raise ValueError(f"{folder}: expected one score head (score.weight) in adapter_model.safetensors, "
-                         f"found {head_keys or 'none'}")
+        raise ValueError(
+            f"{folder}: expected one score head (score.weight) in adapter_model.safetensors, "
+            f"found {head_keys or 'none'}"
+        )
     weight = tensors[head_keys[0]].float()
     bias_key = head_keys[0][: -len("weight")] + "bias"
     bias = tensors[bias_key].float() if bias_key in tensors else torch.zeros(1)
@@ -243,11 +257,15 @@ def load_adapter_weights(model, adapter: str, lora: dict[str, torch.Tensor], sou
     unexpected = [k for k in result.unexpected_keys if "lora_" in k]
     missing = [k for k in result.missing_keys if f".{adapter}." in k and "lora_" in k]
     if unexpected or missing:
-        raise ValueError(f"{source} does not fit the policy's backbone: {len(unexpected)} unexpected and "
-                         f"{len(missing)} missing LoRA tensors (e.g. {(unexpected or missing)[:3]})")
+        raise ValueError(
+            f"{source} does not fit the policy's backbone: {len(unexpected)} unexpected and "
+            f"{len(missing)} missing LoRA tensors (e.g. {(unexpected or missing)[:3]})"
+        )
 
 
-def build_actor_critic(sft_model, finetune: str = "lora", lora=None, critic_from: str | None = None) -> ActorCritic:
+def build_actor_critic(
+    sft_model, finetune: str = "lora", lora=None, critic_from: str | None = None
+) -> ActorCritic:
     """Actor, critic and reference from the SFT model (a plain causal LM, or a PEFT one, merged first).
 
     finetune "lora": a fresh adapter "policy" (LoRA's B = 0, so the actor starts exactly at the SFT

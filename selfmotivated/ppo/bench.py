@@ -19,8 +19,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-PHASES = (("rollout_seconds", "time/generate"), ("scoring_seconds", "time/score"),
-          ("forward_seconds", "time/forward"), ("update_seconds", "time/update"))
+PHASES = (
+    ("rollout_seconds", "time/generate"),
+    ("scoring_seconds", "time/score"),
+    ("forward_seconds", "time/forward"),
+    ("update_seconds", "time/update"),
+)
 
 
 @dataclass
@@ -28,7 +32,9 @@ class BenchPPOConfig:
     """Settings of `sml bench ppo`."""
 
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "model (the SFT model's stand-in)"})
-    dataset: str = field(default="synthetic_coin_flip", metadata={"help": "training questions for the prompts"})
+    dataset: str = field(
+        default="synthetic_coin_flip", metadata={"help": "training questions for the prompts"}
+    )
     data_dir: str | None = field(default=None, metadata={"help": "folder of the shared datasets"})
     iterations: int = field(default=3, metadata={"help": "timed PPO iterations (after the warm-up ones)"})
     warmup: int = field(default=1, metadata={"help": "untimed first iterations (allocations, kernel choice)"})
@@ -36,18 +42,31 @@ class BenchPPOConfig:
     samples_per_prompt: int = field(default=2, metadata={"help": "responses per question"})
     max_new_tokens: int = field(default=128, metadata={"help": "response length limit"})
     mini_batch_size: int = field(default=16, metadata={"help": "samples per optimizer step"})
-    micro_batch_size: int = field(default=4, metadata={"help": "samples per forward/backward (also the SFT step's)"})
+    micro_batch_size: int = field(
+        default=4, metadata={"help": "samples per forward/backward (also the SFT step's)"}
+    )
     ppo_epochs: int = field(default=1, metadata={"help": "PPO epochs per iteration"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of every adapter"})
-    dtype: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16"})
+    dtype: str = field(
+        default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16"}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
-    backend: str = field(default="engine", metadata={"help": "generation backend: engine or hf",
-                                                     "choices": ["engine", "hf"]})
+    backend: str = field(
+        default="engine", metadata={"help": "generation backend: engine or hf", "choices": ["engine", "hf"]}
+    )
     seed: int = field(default=0, metadata={"help": "seed"})
 
     def __post_init__(self):
-        for name in ("iterations", "prompts_per_iteration", "samples_per_prompt", "max_new_tokens",
-                     "mini_batch_size", "micro_batch_size", "ppo_epochs", "lora_r"):
+        for name in (
+            "iterations",
+            "prompts_per_iteration",
+            "samples_per_prompt",
+            "max_new_tokens",
+            "mini_batch_size",
+            "micro_batch_size",
+            "ppo_epochs",
+            "lora_r",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -74,16 +93,18 @@ def run_bench_ppo(config: BenchPPOConfig) -> dict:
     }
     for name, key in PHASES:
         result[name] = round(sum(r[key] for r in timed) / len(timed), 3)
-    result.update({
-        "ppo_peak_mb": round(ppo["peak_mb"], 1),
-        "sft_peak_mb": round(sft["peak_mb"], 1),
-        "memory_ratio": round(ppo["peak_mb"] / sft["peak_mb"], 3) if sft["peak_mb"] > 0 else None,
-        "memory_target_ratio": 1.6,
-        "memory_measure": ppo["measure"],
-        "model_weights_mb": round(ppo["weights_mb"], 1),
-        "sft_step_seconds": round(sft["seconds"], 3),
-        "config": asdict(config),
-    })
+    result.update(
+        {
+            "ppo_peak_mb": round(ppo["peak_mb"], 1),
+            "sft_peak_mb": round(sft["peak_mb"], 1),
+            "memory_ratio": round(ppo["peak_mb"] / sft["peak_mb"], 3) if sft["peak_mb"] > 0 else None,
+            "memory_target_ratio": 1.6,
+            "memory_measure": ppo["measure"],
+            "model_weights_mb": round(ppo["weights_mb"], 1),
+            "sft_step_seconds": round(sft["seconds"], 3),
+            "config": asdict(config),
+        }
+    )
     return result
 
 
@@ -137,7 +158,7 @@ class _Meter:
         self.cuda = device.startswith("cuda")
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
-        self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB -> MB on Linux
+        self.base = _resident_mb() if not self.cuda else 0.0
         self.measure = "torch.cuda.max_memory_allocated" if self.cuda else "peak RSS minus RSS after imports"
 
     def peak_mb(self) -> float:
@@ -150,10 +171,24 @@ class _Meter:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - self.base
 
 
+def _resident_mb() -> float:
+    """This process's resident size now (Linux /proc); the peak so far where /proc is missing."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024  # kB -> MB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _setup(config: dict):
     import torch
 
+    # Import everything either run uses before the baseline, so the two runs' memory compares like for like.
+    from .. import data, prompts, sft  # noqa: F401
     from ..models import _pick_device, load_model
+    from . import trainer  # noqa: F401
 
     torch.manual_seed(config["seed"])
     device = _pick_device(config["device"])
@@ -176,30 +211,52 @@ def _ppo_worker(config: dict, batch_file: str) -> dict:
     lora = lora_config(config["lora_r"], 2 * config["lora_r"], 0.0, "all-linear")
     ac = build_actor_critic(model, "lora", lora)
     hidden = model.config.hidden_size
-    reward_fn = SharedRewardModel(ac, tokenizer, lora, {"weight": torch.randn(1, hidden) / hidden**0.5,
-                                                        "bias": torch.zeros(1)}, batch_size=config["micro_batch_size"])
+    reward_fn = SharedRewardModel(
+        ac,
+        tokenizer,
+        lora,
+        {"weight": torch.randn(1, hidden) / hidden**0.5, "bias": torch.zeros(1)},
+        batch_size=config["micro_batch_size"],
+    )
     total = config["warmup"] + config["iterations"]
     n_prompts = config["prompts_per_iteration"] * total
-    data = DataConfig(dataset=config["dataset"], split="train", limit=n_prompts, data_dir=config["data_dir"],
-                      n_train=max(n_prompts, 8))
+    data = DataConfig(
+        dataset=config["dataset"],
+        split="train",
+        limit=n_prompts,
+        data_dir=config["data_dir"],
+        n_train=max(n_prompts, 8),
+    )
     examples = load_examples(data)
     prompts = [build_prompt(ex, tokenizer) for ex in examples]
     ppo_config = PPOConfig(
-        iterations=total, prompts_per_iteration=config["prompts_per_iteration"],
-        samples_per_prompt=config["samples_per_prompt"], max_new_tokens=config["max_new_tokens"],
-        mini_batch_size=config["mini_batch_size"], micro_batch_size=config["micro_batch_size"],
-        ppo_epochs=config["ppo_epochs"], lora_r=config["lora_r"], backend=config["backend"],
-        generation_batch_size=config["prompts_per_iteration"] * config["samples_per_prompt"], eval_steps=0,
-        guard_max_kl=0, guard_min_entropy=0, guard_accuracy_drop=0, tensorboard=False, progress=False,
-        seed=config["seed"])
+        iterations=total,
+        prompts_per_iteration=config["prompts_per_iteration"],
+        samples_per_prompt=config["samples_per_prompt"],
+        max_new_tokens=config["max_new_tokens"],
+        mini_batch_size=config["mini_batch_size"],
+        micro_batch_size=config["micro_batch_size"],
+        ppo_epochs=config["ppo_epochs"],
+        lora_r=config["lora_r"],
+        backend=config["backend"],
+        generation_batch_size=config["prompts_per_iteration"] * config["samples_per_prompt"],
+        eval_steps=0,
+        guard_max_kl=0,
+        guard_min_entropy=0,
+        guard_accuracy_drop=0,
+        tensorboard=False,
+        progress=False,
+        seed=config["seed"],
+    )
 
     class Recording(PPOTrainer):  # keeps the last rollout batch for the SFT step
         def update(self, exp):
             self.last = exp
             return super().update(exp)
 
-    trainer = Recording(ppo_config, ac, tokenizer, reward_fn, prompts, examples,
-                        stop_strings=stop_strings(tokenizer))
+    trainer = Recording(
+        ppo_config, ac, tokenizer, reward_fn, prompts, examples, stop_strings=stop_strings(tokenizer)
+    )
     trainer.train()
     peak = meter.peak_mb()
     exp = trainer.last
@@ -209,9 +266,15 @@ def _ppo_worker(config: dict, batch_file: str) -> dict:
         n_prompt = int(exp.attention_mask[b, : exp.prompt_width].sum())
         items.append({"ids": ids, "n_prompt": n_prompt})
     Path(batch_file).write_text(json.dumps(items))
-    rows = [r for r in trainer.history if "time/iteration" in r][config["warmup"]:]
-    return {"iterations": rows, "peak_mb": peak, "measure": meter.measure, "device": device,
-            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "weights_mb": weights_mb}
+    rows = [r for r in trainer.history if "time/iteration" in r][config["warmup"] :]
+    return {
+        "iterations": rows,
+        "peak_mb": peak,
+        "measure": meter.measure,
+        "device": device,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "weights_mb": weights_mb,
+    }
 
 
 def _sft_worker(config: dict, batch_file: str) -> dict:

@@ -12,13 +12,14 @@ sampler and the trained model disagree (wrong tokens, misaligned positions, or a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Callable, Sequence
 
 import torch
 
 from .actor_critic import ActorCritic
-from .core import compute_gae, compute_rewards, masked_mean, masked_sum, masked_whiten
+from .core import compute_gae, compute_rewards, explained_variance, masked_mean, masked_sum, masked_whiten
 
 
 @dataclass
@@ -96,11 +97,15 @@ def collate(rollouts: Sequence[Rollout], pad_id: int, device=None):
         attention_mask[b, P - p : P + t] = 1
     response_mask = attention_mask[:, P:].clone()
     if device is not None:
-        sequences, attention_mask, response_mask = (x.to(device) for x in (sequences, attention_mask, response_mask))
+        sequences, attention_mask, response_mask = (
+            x.to(device) for x in (sequences, attention_mask, response_mask)
+        )
     return sequences, attention_mask, response_mask, P
 
 
-def generate_rollouts(generator, prompts: Sequence[str], examples: Sequence, tokenizer, params) -> list[Rollout]:
+def generate_rollouts(
+    generator, prompts: Sequence[str], examples: Sequence, tokenizer, params
+) -> list[Rollout]:
     """Sample `params.n` responses per prompt with the current policy (the generation engine runs it in
     eval mode, without gradients). Rows: prompt order, the samples of a prompt side by side."""
     completions = generator.generate(list(prompts), params)
@@ -108,9 +113,17 @@ def generate_rollouts(generator, prompts: Sequence[str], examples: Sequence, tok
     for prompt, example, samples in zip(prompts, examples, completions, strict=True):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for c in samples:
-            rollouts.append(Rollout(prompt=prompt, prompt_ids=prompt_ids, response=c.text,
-                                    response_ids=list(c.token_ids), sampler_logprobs=c.logprobs,
-                                    finish_reason=c.finish_reason, example=example))
+            rollouts.append(
+                Rollout(
+                    prompt=prompt,
+                    prompt_ids=prompt_ids,
+                    response=c.text,
+                    response_ids=list(c.token_ids),
+                    sampler_logprobs=c.logprobs,
+                    finish_reason=c.finish_reason,
+                    example=example,
+                )
+            )
     return rollouts
 
 
@@ -144,20 +157,34 @@ def make_experience(
     """
     device = next(ac.parameters()).device
     seq, attn, mask, P = collate(rollouts, pad_id, device)
-    old_logprobs, entropy = _in_chunks(ac.policy_logprobs, batch_size, seq, attn, prompt_width=P,
-                                       with_entropy=True)  # (B, T) each
+    old_logprobs, entropy = _in_chunks(
+        ac.policy_logprobs, batch_size, seq, attn, prompt_width=P, with_entropy=True
+    )  # (B, T) each
     (ref_logprobs,) = _in_chunks(ac.reference_logprobs, batch_size, seq, attn, prompt_width=P)  # (B, T)
     (values,) = _in_chunks(ac.values, batch_size, seq, attn, prompt_width=P)  # (B, T)
     scores = scores.to(device=device, dtype=torch.float32)
 
-    rewards, kl = compute_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef, kl_estimator)  # (B, T) x2
+    rewards, kl = compute_rewards(
+        scores, old_logprobs, ref_logprobs, mask, kl_coef, kl_estimator
+    )  # (B, T) x2
     advantages, returns = compute_gae(rewards, values, mask, gamma, lam)  # (B, T) x2
     if whiten is not None:
         advantages = whiten(advantages, mask)
 
-    exp = Experience(sequences=seq, attention_mask=attn, response_mask=mask, prompt_width=P,
-                     old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, old_values=values, scores=scores,
-                     kl=kl, rewards=rewards, advantages=advantages, returns=returns)
+    exp = Experience(
+        sequences=seq,
+        attention_mask=attn,
+        response_mask=mask,
+        prompt_width=P,
+        old_logprobs=old_logprobs,
+        ref_logprobs=ref_logprobs,
+        old_values=values,
+        scores=scores,
+        kl=kl,
+        rewards=rewards,
+        advantages=advantages,
+        returns=returns,
+    )
     lengths = mask.sum(-1).float()  # (B,)
     stats = {
         "ppo/kl": masked_sum(kl, mask, dim=-1).mean().item(),  # per sequence, summed over its tokens
@@ -167,6 +194,8 @@ def make_experience(
         "ppo/score_mean": scores.mean().item(),
         "ppo/score_std": scores.std().item() if len(scores) > 1 else 0.0,
         "ppo/values_mean": masked_mean(values, mask).item(),
+        # How much of the returns' variance the critic's rollout values explain (1 perfect, <= 0 useless).
+        "ppo/explained_variance": _explained_variance(values, returns, mask),
         "ppo/returns_mean": masked_mean(returns, mask).item(),
         "rollout/response_length": lengths.mean().item(),
         "rollout/truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
@@ -178,3 +207,11 @@ def make_experience(
             from_sampler[b, : len(s)] = torch.tensor(s, dtype=from_sampler.dtype)
         stats["rollout/logprob_diff"] = masked_mean((from_sampler - old_logprobs).abs(), mask).item()
     return exp, stats
+
+
+def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """explained_variance as a float; 0 where it is undefined (fewer than 2 tokens, constant returns)."""
+    if mask.sum() < 2:
+        return 0.0
+    ev = explained_variance(values, returns, mask).item()
+    return ev if math.isfinite(ev) else 0.0

@@ -31,9 +31,15 @@ class GuardTripped(RuntimeError):
     last good checkpoint (its weights are the run's saved model)."""
 
     def __init__(self, alarm: Alarm, step: int, last_good: int | None, out: str | None = None):
-        where = f"; the saved model is the last good checkpoint (step {last_good})" if last_good is not None else ""
+        where = (
+            f"; the saved model is the last good checkpoint (step {last_good})"
+            if last_good is not None
+            else ""
+        )
         where += f" in {out}" if out else ""
-        super().__init__(f"PPO stopped at step {step} by the failure guard [{alarm.signal}]: {alarm.message}{where}")
+        super().__init__(
+            f"PPO stopped at step {step} by the failure guard [{alarm.signal}]: {alarm.message}{where}"
+        )
         self.signal, self.step, self.last_good = alarm.signal, step, last_good
 
 
@@ -49,8 +55,14 @@ class GuardState:
 class FailureGuard:
     """Thresholds set to None are not checked."""
 
-    def __init__(self, max_kl: float | None = None, min_entropy: float | None = None,
-                 min_response_length: float | None = None, accuracy_drop: float | None = None, patience: int = 1):
+    def __init__(
+        self,
+        max_kl: float | None = None,
+        min_entropy: float | None = None,
+        min_response_length: float | None = None,
+        accuracy_drop: float | None = None,
+        patience: int = 1,
+    ):
         if patience < 1:
             raise ValueError(f"guard patience must be >= 1, got {patience}")
         self.max_kl, self.min_entropy, self.min_length = max_kl, min_entropy, min_response_length
@@ -71,12 +83,27 @@ class FailureGuard:
                 # from that same policy, so its score is the reward that goes with that accuracy.
                 s.reward_at_best = score
         checks = (
-            ("kl", self.max_kl, metrics.get("ppo/kl"), lambda v, b: v > b,
-             "KL to the reference {v:.3f} nats per sequence is above max_kl={b}"),
-            ("entropy", self.min_entropy, metrics.get("ppo/entropy"), lambda v, b: v < b,
-             "policy entropy {v:.4f} nats per token is below min_entropy={b} (collapse)"),
-            ("length", self.min_length, metrics.get("rollout/response_length"), lambda v, b: v < b,
-             "mean response length {v:.2f} tokens is below min_response_length={b} (length collapse)"),
+            (
+                "kl",
+                self.max_kl,
+                metrics.get("ppo/kl"),
+                lambda v, b: v > b,
+                "KL to the reference {v:.3f} nats per sequence is above max_kl={b}",
+            ),
+            (
+                "entropy",
+                self.min_entropy,
+                metrics.get("ppo/entropy"),
+                lambda v, b: v < b,
+                "policy entropy {v:.4f} nats per token is below min_entropy={b} (collapse)",
+            ),
+            (
+                "length",
+                self.min_length,
+                metrics.get("rollout/response_length"),
+                lambda v, b: v < b,
+                "mean response length {v:.2f} tokens is below min_response_length={b} (length collapse)",
+            ),
         )
         for name, bound, value, crossed, text in checks:
             if bound is None or value is None:
@@ -100,10 +127,12 @@ class FailureGuard:
         fell = accuracy < s.best_accuracy - drop
         rose = window is not None and s.reward_at_best is not None and window > s.reward_at_best
         if fell and rose:
-            return Alarm("reward_hacking",
-                         f"test accuracy fell to {accuracy:.3f} from its best {s.best_accuracy:.3f} (step "
-                         f"{s.best_step}) while the reward-model score rose to {window:.3f} from "
-                         f"{s.reward_at_best:.3f}"), False
+            return Alarm(
+                "reward_hacking",
+                f"test accuracy fell to {accuracy:.3f} from its best {s.best_accuracy:.3f} (step "
+                f"{s.best_step}) while the reward-model score rose to {window:.3f} from "
+                f"{s.reward_at_best:.3f}",
+            ), False
         return None, not fell
 
     def reset_strikes(self) -> None:

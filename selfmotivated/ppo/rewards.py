@@ -45,7 +45,8 @@ def shares_backbone(reward_folder: str | Path, sft_model: str) -> bool:
     meta_path = folder / "reward_model.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     backbone = meta.get("backbone") or json.loads((folder / "adapter_config.json").read_text()).get(
-        "base_model_name_or_path")
+        "base_model_name_or_path"
+    )
     if not backbone:
         return False
     try:
@@ -61,8 +62,16 @@ class SharedRewardModel:
     "bias": (1,)} the score head; lora None keeps the adapter's fresh initialisation (benchmarks).
     """
 
-    def __init__(self, ac: ActorCritic, tokenizer, lora_config, head: dict[str, torch.Tensor],
-                 lora: dict[str, torch.Tensor] | None = None, batch_size: int = 8, source: str = "reward model"):
+    def __init__(
+        self,
+        ac: ActorCritic,
+        tokenizer,
+        lora_config,
+        head: dict[str, torch.Tensor],
+        lora: dict[str, torch.Tensor] | None = None,
+        batch_size: int = 8,
+        source: str = "reward model",
+    ):
         if not ac.lora:
             raise ValueError("a shared reward model needs the LoRA policy (its backbone carries the adapter)")
         ac.policy.add_adapter(REWARD, lora_config)
@@ -80,7 +89,9 @@ class SharedRewardModel:
             self.head.linear.bias.copy_(head["bias"].reshape(1))
 
     @classmethod
-    def from_folder(cls, ac: ActorCritic, tokenizer, folder: str | Path, batch_size: int = 8) -> "SharedRewardModel":
+    def from_folder(
+        cls, ac: ActorCritic, tokenizer, folder: str | Path, batch_size: int = 8
+    ) -> "SharedRewardModel":
         """From a reward adapter folder written by `sml reward`."""
         config, lora, head = reward_adapter_parts(folder)
         return cls(ac, tokenizer, config, head, lora, batch_size, source=f"reward model {folder}")
@@ -90,14 +101,18 @@ class SharedRewardModel:
         from ..reward import encode_scored
 
         pad = self.tokenizer.pad_token_id
-        seqs = [encode_scored(self.tokenizer, self.tokenizer(p, add_special_tokens=False)["input_ids"], r)
-                for p, r in zip(prompts, responses, strict=True)]
+        seqs = [
+            encode_scored(self.tokenizer, self.tokenizer(p, add_special_tokens=False)["input_ids"], r)
+            for p, r in zip(prompts, responses, strict=True)
+        ]
         device = self.head.linear.weight.device
         scores = []
         for start in range(0, len(seqs), self.batch_size):
             chunk = seqs[start : start + self.batch_size]
             width = max(len(s) for s in chunk)
-            ids = torch.tensor([s + [pad] * (width - len(s)) for s in chunk], device=device)  # (b, L) right-padded
+            ids = torch.tensor(
+                [s + [pad] * (width - len(s)) for s in chunk], device=device
+            )  # (b, L) right-padded
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk], device=device)
             with self.ac.adapter(REWARD):
                 h = hidden_states(self.ac.policy, ids, mask)  # (b, L, H)
@@ -118,11 +133,14 @@ class SeparateRewardModel:
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         from ..reward import score_texts
 
-        return torch.tensor(score_texts(self.model, self.tokenizer, prompts, responses, batch_size=self.batch_size))
+        return torch.tensor(
+            score_texts(self.model, self.tokenizer, prompts, responses, batch_size=self.batch_size)
+        )
 
 
-def answer_terms(responses: Sequence[str], examples: Sequence, correct_bonus: float,
-                 no_answer_penalty: float) -> tuple[torch.Tensor, dict[str, float]]:
+def answer_terms(
+    responses: Sequence[str], examples: Sequence, correct_bonus: float, no_answer_penalty: float
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-response bonus (B,) = correct_bonus * [answer matches gold] - no_answer_penalty * [no answer],
     and rollout stats (share correct, share with no final answer). Examples without gold count as wrong."""
     from ..answers import check_answer

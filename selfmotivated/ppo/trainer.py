@@ -62,7 +62,7 @@ class PPOConfig:
 
     # -- models and folders
     run_dir: str | None = field(default=None, metadata={
-        "help": "pipeline run folder: the defaults below are RUN_DIR/sft/model, RUN_DIR/reward/model, RUN_DIR/ppo"})
+        "help": "pipeline run folder: defaults RUN_DIR/sft/model, RUN_DIR/reward/model, RUN_DIR/ppo"})
     sft_model: str | None = field(default=None, metadata={
         "help": "the SFT model: start of the policy and the frozen reference (a folder, a known name, or a "
                 "LoRA adapter folder, merged first)"})
@@ -71,7 +71,8 @@ class PPOConfig:
     out: str | None = field(default=None, metadata={"help": "output folder (default RUN_DIR/ppo)"})
     method: str = field(default="lora", metadata={
         "help": "lora: actor and critic are adapters on one frozen SFT backbone (the reference); full: train "
-                "every weight, with separate reference and critic copies", "choices": ["lora", "full"]})
+                "every weight, with separate reference and critic copies (on a GPU use --dtype float32)",
+        "choices": ["lora", "full"]})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of the policy and critic adapters"})
     lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_dropout: float = field(default=0.0, metadata={
@@ -82,15 +83,17 @@ class PPOConfig:
         "help": "start the critic from the reward model (its LoRA adapter and score head; falls back to sft "
                 "when the reward model is not a LoRA adapter on the SFT model) or from the SFT model with a "
                 "new value head", "choices": ["reward", "sft"]})
-    dtype: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16"})
+    dtype: str = field(default="auto", metadata={
+        "help": "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16"})
     cpu: bool = field(default=False, metadata={"help": "run on the CPU even when a GPU is there"})
     # -- questions and prompts
-    prompt: str = field(default="zero_shot", metadata={"help": "zero_shot or few_shot chain-of-thought prompts",
-                                                       "choices": ["zero_shot", "few_shot"]})
-    exemplars: str | None = field(default=None, metadata={"help": "few-shot exemplars (see `sml eval --help`)"})
+    prompt: str = field(default="zero_shot", metadata={
+        "help": "zero_shot or few_shot chain-of-thought prompts", "choices": ["zero_shot", "few_shot"]})
+    exemplars: str | None = field(default=None, metadata={
+        "help": "few-shot exemplars (see `sml eval --help`)"})
     num_exemplars: int | None = field(default=None, metadata={"help": "use only the first N exemplars"})
-    chat: str = field(default="auto", metadata={"help": "use the chat template: auto, always or never",
-                                                "choices": ["auto", "always", "never"]})
+    chat: str = field(default="auto", metadata={
+        "help": "use the chat template: auto, always or never", "choices": ["auto", "always", "never"]})
     # -- rollouts
     iterations: int = field(default=100, metadata={"help": "PPO iterations (rollout batch + updates each)"})
     prompts_per_iteration: int = field(default=16, metadata={
@@ -100,8 +103,8 @@ class PPOConfig:
     temperature: float = field(default=1.0, metadata={
         "help": "sampling temperature; 1 samples from the policy itself, as PPO's ratio assumes"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1: off; < 1 is off-policy)"})
-    backend: str = field(default="engine", metadata={"help": "generation backend: engine or hf",
-                                                     "choices": ["engine", "hf"]})
+    backend: str = field(default="engine", metadata={
+        "help": "generation backend: engine or hf", "choices": ["engine", "hf"]})
     generation_batch_size: int = field(default=32, metadata={"help": "sequences decoded at once"})
     # -- PPO
     learning_rate: float | None = field(default=None, metadata={
@@ -114,17 +117,21 @@ class PPOConfig:
     micro_batch_size: int = field(default=4, metadata={
         "help": "samples per forward/backward pass (gradients accumulate up to mini_batch_size)"})
     clip_range: float = field(default=0.2, metadata={"help": "PPO ratio clip epsilon"})
-    clip_range_value: float = field(default=0.2, metadata={"help": "value clip around the rollout values (0: off)"})
+    clip_range_value: float = field(default=0.2, metadata={
+        "help": "value clip around the rollout values (0: off)"})
     gamma: float = field(default=1.0, metadata={"help": "discount of GAE"})
     lam: float = field(default=0.95, metadata={"help": "lambda of GAE"})
-    kl_coef: float = field(default=0.05, metadata={"help": "beta, the per-token KL penalty (initial value if adaptive)"})
-    kl_estimator: str = field(default="k1", metadata={"help": "per-token KL estimator in the reward: k1, k2, k3",
-                                                      "choices": ["k1", "k2", "k3"]})
-    adaptive_kl: bool = field(default=False, metadata={"help": "adapt beta toward kl_target (Ziegler et al. 2019)"})
+    kl_coef: float = field(default=0.05, metadata={
+        "help": "beta, the per-token KL penalty (initial value if adaptive)"})
+    kl_estimator: str = field(default="k1", metadata={
+        "help": "per-token KL estimator in the reward: k1, k2, k3", "choices": ["k1", "k2", "k3"]})
+    adaptive_kl: bool = field(default=False, metadata={
+        "help": "adapt beta toward kl_target (Ziegler et al. 2019)"})
     kl_target: float = field(default=6.0, metadata={"help": "adaptive KL: target KL per sequence (nats)"})
     kl_horizon: int = field(default=10000, metadata={"help": "adaptive KL: horizon in samples"})
     entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus in the policy loss (0: off)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip each of actor and critic gradients (0: off)"})
+    max_grad_norm: float = field(default=1.0, metadata={
+        "help": "clip each of actor and critic gradients (0: off)"})
     whiten_advantages: bool = field(default=True, metadata={"help": "normalise advantages per rollout batch"})
     target_kl: float = field(default=0.0, metadata={
         "help": "stop an iteration's PPO epochs early when approx KL(old || new) exceeds this (0: off)"})
@@ -134,14 +141,17 @@ class PPOConfig:
     no_answer_penalty: float = field(default=0.0, metadata={
         "help": "subtracted from the score when the response states no final answer"})
     # -- periodic test accuracy
-    eval_steps: int = field(default=10, metadata={"help": "test accuracy every N iterations and at 0 (0: never)"})
+    eval_steps: int = field(default=10, metadata={
+        "help": "test accuracy every N iterations and at 0 (0: never)"})
     eval_split: str = field(default="test", metadata={"help": "split of the dataset that is evaluated"})
-    eval_limit: int | None = field(default=100, metadata={"help": "evaluate the first N questions of that split"})
+    eval_limit: int | None = field(default=100, metadata={
+        "help": "evaluate the first N questions of that split"})
     # -- failure guard
     guard_action: str = field(default="stop", metadata={
         "help": "when the guard trips: stop (keeping the last good checkpoint as the model) or rollback to it",
         "choices": ["stop", "rollback"]})
-    guard_max_kl: float = field(default=50.0, metadata={"help": "trip above this KL per sequence, nats (0: off)"})
+    guard_max_kl: float = field(default=50.0, metadata={
+        "help": "trip above this KL per sequence, nats (0: off)"})
     guard_min_entropy: float = field(default=0.02, metadata={
         "help": "trip below this mean entropy per token, nats (0: off)"})
     guard_min_response_length: float = field(default=0.0, metadata={
@@ -168,23 +178,25 @@ class PPOConfig:
             from ..config import build_config
 
             self.data = build_config(DataConfig, {"split": "train", **self.data}, "ppo.data")
-        choices = {"method": ("lora", "full"), "critic_init": ("reward", "sft"), "kl_estimator": ("k1", "k2", "k3"),
-                   "guard_action": ("stop", "rollback"), "backend": ("engine", "hf"),
-                   "prompt": ("zero_shot", "few_shot")}
+        choices = {"method": ("lora", "full"), "critic_init": ("reward", "sft"), "prompt": ("zero_shot", "few_shot"),
+                   "kl_estimator": ("k1", "k2", "k3"), "guard_action": ("stop", "rollback"),
+                   "backend": ("engine", "hf")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("iterations", "prompts_per_iteration", "samples_per_prompt", "max_new_tokens", "ppo_epochs",
-                     "mini_batch_size", "micro_batch_size", "generation_batch_size", "lora_r", "save_steps",
-                     "save_total_limit", "guard_patience"):
+        positive = ("iterations", "prompts_per_iteration", "samples_per_prompt", "max_new_tokens", "ppo_epochs",
+                    "mini_batch_size", "micro_batch_size", "generation_batch_size", "lora_r", "save_steps",
+                    "save_total_limit", "guard_patience")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("clip_range", "clip_range_value", "kl_coef", "entropy_coef", "max_grad_norm", "target_kl",
-                     "eval_steps", "stop_after_steps", "max_rollbacks", "guard_max_kl", "guard_min_entropy",
-                     "guard_min_response_length", "guard_accuracy_drop", "temperature"):
+        non_negative = ("clip_range", "clip_range_value", "kl_coef", "entropy_coef", "max_grad_norm", "target_kl",
+                        "eval_steps", "stop_after_steps", "max_rollbacks", "guard_max_kl", "guard_min_entropy",
+                        "guard_min_response_length", "guard_accuracy_drop")
+        for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.temperature == 0:
+        if self.temperature <= 0:
             raise ValueError("temperature must be > 0: PPO needs sampled rollouts, not greedy ones")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ValueError(f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}")
@@ -236,8 +248,9 @@ def reduce_stats(stats: dict[str, float], accelerator) -> dict[str, float]:
         return dict(stats)
     keys = sorted(stats)
     device = accelerator.device
-    values = accelerator.reduce(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device),
-                                reduction="mean")
+    values = accelerator.reduce(
+        torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device), reduction="mean"
+    )
     return dict(zip(keys, values.tolist()))
 
 
@@ -270,10 +283,20 @@ class PPOTrainer:
     training questions behind them, for the optional answer-based reward terms and the rollout stats.
     `eval_fn(model, tokenizer, step) -> accuracy` runs on the main process every `eval_steps`."""
 
-    def __init__(self, config: PPOConfig, ac: ActorCritic, tokenizer, reward_fn: RewardFn, prompts: Sequence[str],
-                 examples: Sequence | None = None, eval_fn: Callable | None = None, out: str | Path | None = None,
-                 accelerator=None, stop_strings: Sequence[str] = ()):
-        from ..generation import SamplingParams, make_generator
+    def __init__(
+        self,
+        config: PPOConfig,
+        ac: ActorCritic,
+        tokenizer,
+        reward_fn: RewardFn,
+        prompts: Sequence[str],
+        examples: Sequence | None = None,
+        eval_fn: Callable | None = None,
+        out: str | Path | None = None,
+        accelerator=None,
+        stop_strings: Sequence[str] = (),
+    ):
+        from ..generation import make_generator
 
         self.config, self.ac, self.tokenizer, self.reward_fn = config, ac, tokenizer, reward_fn
         self.prompts = list(prompts)
@@ -288,29 +311,41 @@ class PPOTrainer:
         self.rank = accelerator.process_index if accelerator is not None else 0
         self.main = self.rank == 0
         if config.prompts_per_iteration % self.world:
-            raise ValueError(f"prompts_per_iteration={config.prompts_per_iteration} must divide evenly over "
-                             f"{self.world} processes")
+            raise ValueError(
+                f"prompts_per_iteration={config.prompts_per_iteration} must divide evenly over "
+                f"{self.world} processes"
+            )
         self.out = Path(out) if out is not None else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.generator = make_generator(ac.policy, tokenizer, backend=config.backend,
-                                        max_seqs=config.generation_batch_size)
-        self.sampling = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                             top_p=config.top_p, n=config.samples_per_prompt, stop=tuple(stop_strings),
-                             return_logprobs=True)
-        self._params_cls = SamplingParams
+        self.generator = make_generator(
+            ac.policy, tokenizer, backend=config.backend, max_seqs=config.generation_batch_size
+        )
+        self._stop = tuple(stop_strings)
         self.optimizer = torch.optim.AdamW(
-            [{"params": ac.actor_parameters, "lr": config.learning_rate},
-             {"params": ac.critic_parameters, "lr": config.critic_learning_rate}], weight_decay=0.0)
-        self.kl_ctl = (AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
-                       if config.adaptive_kl else FixedKLController(config.kl_coef))
+            [
+                {"params": ac.actor_parameters, "lr": config.learning_rate},
+                {"params": ac.critic_parameters, "lr": config.critic_learning_rate},
+            ],
+            weight_decay=0.0,
+        )
+        self.kl_ctl = (
+            AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+            if config.adaptive_kl
+            else FixedKLController(config.kl_coef)
+        )
         off = lambda v: v or None  # noqa: E731 - 0 turns a guard threshold off
-        self.guard = FailureGuard(max_kl=off(config.guard_max_kl), min_entropy=off(config.guard_min_entropy),
-                                  min_response_length=off(config.guard_min_response_length),
-                                  accuracy_drop=off(config.guard_accuracy_drop), patience=config.guard_patience)
+        self.guard = FailureGuard(
+            max_kl=off(config.guard_max_kl),
+            min_entropy=off(config.guard_min_entropy),
+            min_response_length=off(config.guard_min_response_length),
+            accuracy_drop=off(config.guard_accuracy_drop),
+            patience=config.guard_patience,
+        )
         self.whiten = whiten_over_processes(accelerator) if config.whiten_advantages else None
         self.state = TrainerState(kl_coef=self.kl_ctl.value)
         self.history: list[dict] = []  # every logged row, in memory (tests and summaries read it)
         self._tb = None
+        self._tb_missing = False
 
     # ------------------------------------------------------------------------------------------
     # the loop
@@ -322,17 +357,27 @@ class PPOTrainer:
         config = self.config
         if self.state.step == 0 and self.state.last_good_step is None:
             self._baseline()
-        bar = tqdm(total=config.iterations, initial=self.state.step, desc="ppo", unit="it", dynamic_ncols=True,
-                   disable=not (self.main and config.progress))
+        bar = tqdm(
+            total=config.iterations,
+            initial=self.state.step,
+            desc="ppo",
+            unit="it",
+            dynamic_ncols=True,
+            disable=not (self.main and config.progress),
+        )
         started = self.state.step
         try:
             while self.state.step < config.iterations:
                 metrics = self.iteration()
                 bar.update(1)
-                bar.set_postfix(score=f"{metrics['ppo/score_mean']:.3f}", kl=f"{metrics['ppo/kl']:.2f}",
-                                refresh=False)
-                if config.stop_after_steps and self.state.step - started >= config.stop_after_steps \
-                        and self.state.step < config.iterations:
+                bar.set_postfix(
+                    score=f"{metrics['ppo/score_mean']:.3f}", kl=f"{metrics['ppo/kl']:.2f}", refresh=False
+                )
+                if (
+                    config.stop_after_steps
+                    and self.state.step - started >= config.stop_after_steps
+                    and self.state.step < config.iterations
+                ):
                     return self.summary("interrupted")
         finally:
             bar.close()
@@ -349,24 +394,35 @@ class PPOTrainer:
 
         # 1. generate: this process's prompts, sampled with the current policy
         prompts, examples = self.prompt_batch(step)
-        params = self._params_cls(**self.sampling, seed=self.sampling_seed(step))
-        rollouts = generate_rollouts(self.generator, prompts, examples, self.tokenizer, params)
+        rollouts = generate_rollouts(
+            self.generator, prompts, examples, self.tokenizer, self.sampling_params(step)
+        )
         timings["time/generate"] = time.perf_counter() - t0
 
         # sequence scores: the reward model (+ optional answer terms)
         t = time.perf_counter()
         responses = [r.response for r in rollouts]
         rm_scores = self.reward_fn([r.prompt for r in rollouts], responses).float().cpu()  # (B,)
-        bonus, answer_stats = answer_terms(responses, [r.example for r in rollouts], config.correct_bonus,
-                                           config.no_answer_penalty)  # (B,)
+        bonus, answer_stats = answer_terms(
+            responses, [r.example for r in rollouts], config.correct_bonus, config.no_answer_penalty
+        )  # (B,)
         scores = rm_scores + bonus
         timings["time/score"] = time.perf_counter() - t
 
         # 2. make experience: no-grad forwards of policy, reference and critic; KL-shaped rewards; GAE
         t = time.perf_counter()
         experience, exp_stats = make_experience(
-            self.ac, rollouts, scores, self.pad_id, self.kl_ctl.value, config.kl_estimator, config.gamma,
-            config.lam, self.whiten, batch_size=config.micro_batch_size)
+            self.ac,
+            rollouts,
+            scores,
+            self.pad_id,
+            self.kl_ctl.value,
+            config.kl_estimator,
+            config.gamma,
+            config.lam,
+            self.whiten,
+            batch_size=config.micro_batch_size,
+        )
         timings["time/forward"] = time.perf_counter() - t
 
         # 3. train: PPO epochs over minibatches
@@ -374,8 +430,13 @@ class PPOTrainer:
         update_stats = self.update(experience)
         timings["time/update"] = time.perf_counter() - t
 
-        metrics = {**exp_stats, **answer_stats, **update_stats, "ppo/rm_score_mean": rm_scores.mean().item(),
-                   "ppo/bonus_mean": bonus.mean().item()}
+        metrics = {
+            **exp_stats,
+            **answer_stats,
+            **update_stats,
+            "ppo/rm_score_mean": rm_scores.mean().item(),
+            "ppo/bonus_mean": bonus.mean().item(),
+        }
         metrics = reduce_stats(metrics, self.accelerator)
         metrics["ppo/kl_coef"] = self.kl_ctl.value
         self.kl_ctl.update(metrics["ppo/kl"], config.prompts_per_iteration * config.samples_per_prompt)
@@ -421,8 +482,23 @@ class PPOTrainer:
             picks.append(prompt_order(n, self.config.seed, epoch)[pos])
         return [self.prompts[i] for i in picks], [self.examples[i] for i in picks]
 
-    def sampling_seed(self, step: int) -> int:
-        return (self.config.seed * 1_000_003 + step) * 1024 + self.rank
+    def sampling_params(self, step: int, seed: int | None = None, n: int | None = None):
+        """How rollouts are sampled. The seed is a function of (seed, step, process): resumable, and each
+        process draws its own samples."""
+        from ..generation import SamplingParams
+
+        c = self.config
+        if seed is None:
+            seed = (c.seed * 1_000_003 + step) * 1024 + self.rank
+        return SamplingParams(
+            max_new_tokens=c.max_new_tokens,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            n=n or c.samples_per_prompt,
+            stop=self._stop,
+            seed=seed,
+            return_logprobs=True,
+        )
 
     # ------------------------------------------------------------------------------------------
     # step 3: the PPO update
@@ -435,12 +511,14 @@ class PPOTrainer:
         epochs_done = 0
         for _ in range(config.ppo_epochs):
             order = torch.randperm(len(exp), generator=gen)
+            epoch_kl = []
             for mb in order.split(config.mini_batch_size):
                 for k, v in self.minibatch_step(exp, mb).items():
                     sums[k].append(v)
+                epoch_kl.append(sums["ppo/approx_kl"][-1])
             epochs_done += 1
             if config.target_kl:
-                kl = reduce_stats({"kl": sums["ppo/approx_kl"][-1]}, self.accelerator)["kl"]
+                kl = reduce_stats({"kl": sum(epoch_kl) / len(epoch_kl)}, self.accelerator)["kl"]
                 if kl > config.target_kl:
                     break  # the policy moved far enough from the one that sampled this batch
         stats = {k: sum(v) / len(v) for k, v in sums.items()}
@@ -457,14 +535,19 @@ class PPOTrainer:
             weight = len(micro) / len(index)  # losses are token means per micro-batch; weight by rows
             seq, attn, mask, P = mb.sequences, mb.attention_mask, mb.response_mask, mb.prompt_width
 
-            logprobs, entropy = ac.policy_logprobs(seq, attn, P, with_entropy=config.entropy_coef > 0)  # (b, T)
+            logprobs, entropy = ac.policy_logprobs(
+                seq, attn, P, with_entropy=config.entropy_coef > 0
+            )  # (b, T)
             pg_loss, pg_stats = policy_loss(logprobs, mb.old_logprobs, mb.advantages, mask, config.clip_range)
-            entropy_bonus = masked_mean(entropy, mask) if entropy is not None else torch.zeros(())
-            actor_loss = pg_loss - config.entropy_coef * entropy_bonus
+            actor_loss = (
+                pg_loss if entropy is None else pg_loss - config.entropy_coef * masked_mean(entropy, mask)
+            )
             (actor_loss * weight).backward()
 
             values = ac.values(seq, attn, P)  # (b, T)
-            vf_loss, vf_stats = value_loss(values, mb.old_values, mb.returns, mask, config.clip_range_value or None)
+            vf_loss, vf_stats = value_loss(
+                values, mb.old_values, mb.returns, mask, config.clip_range_value or None
+            )
             (vf_loss * weight).backward()
 
             stats["losses/policy"] += weight * pg_loss.item()
@@ -472,7 +555,6 @@ class PPOTrainer:
             stats["ppo/clipfrac"] += weight * pg_stats["clipfrac"].item()
             stats["ppo/approx_kl"] += weight * pg_stats["approx_kl"].item()
             stats["ppo/vf_clipfrac"] += weight * vf_stats["vf_clipfrac"].item()
-            stats["ppo/explained_variance"] += weight * _explained_variance(values.detach(), mb.returns, mask)
 
         actor, critic = ac.actor_parameters, ac.critic_parameters
         average_gradients(actor + critic, self.accelerator)
@@ -491,7 +573,9 @@ class PPOTrainer:
         if self.world > 1:
             from accelerate.utils import broadcast
 
-            accuracy = broadcast(torch.tensor([accuracy], device=self.accelerator.device), from_process=0).item()
+            accuracy = broadcast(
+                torch.tensor([accuracy], device=self.accelerator.device), from_process=0
+            ).item()
         self.state.evals.append({"step": step, "accuracy": accuracy})
         return accuracy
 
@@ -514,19 +598,29 @@ class PPOTrainer:
             self.load_checkpoint(last_good, weights_only=True)
             self.state.rollbacks += 1
             self.guard.reset_strikes()
-            self.log(step, {"guard/rollback": 1.0, "guard/rolled_back_to": float(self.state.last_good_step)},
-                     note=f"rolled back to step {self.state.last_good_step}: [{alarm.signal}] {alarm.message}")
+            self.log(
+                step,
+                {"guard/rollback": 1.0, "guard/rolled_back_to": float(self.state.last_good_step)},
+                note=f"rolled back to step {self.state.last_good_step}: [{alarm.signal}] {alarm.message}",
+            )
             return
         if last_good is not None:
             self.load_checkpoint(last_good, weights_only=True)
         self.log(self.state.step, {"guard/stop": 1.0}, note=f"stopped: [{alarm.signal}] {alarm.message}")
         self.save_model()
         self.write_record("stopped", {"signal": alarm.signal, "message": alarm.message})
-        raise GuardTripped(alarm, self.state.step, self.state.last_good_step, str(self.out) if self.out else None)
+        raise GuardTripped(
+            alarm, self.state.step, self.state.last_good_step, str(self.out) if self.out else None
+        )
 
     def log(self, step: int, metrics: dict, note: str | None = None) -> None:
-        row = {"step": step, **{k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
-                                for k, v in metrics.items()}}
+        row = {
+            "step": step,
+            **{
+                k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
+                for k, v in metrics.items()
+            },
+        }
         if note:
             row["note"] = note
         self.history.append(row)
@@ -541,12 +635,14 @@ class PPOTrainer:
                     tb.add_scalar(k, v, step)
 
     def tensorboard(self):
-        if self._tb is None and self.config.tensorboard and self.out is not None:
+        if self._tb is None and self.config.tensorboard and self.out is not None and not self._tb_missing:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is a dependency; a stripped environment still gets the JSONL log
+            except (
+                ImportError
+            ):  # tensorboard is a dependency; a stripped environment still gets the JSONL log
                 log.warning("tensorboard is not installed; logging to metrics.jsonl only")
-                self.config.tensorboard = False
+                self._tb_missing = True
                 return None
             self._tb = SummaryWriter(str(self.out / "tensorboard"))
         return self._tb
@@ -575,9 +671,18 @@ class PPOTrainer:
         if self.main and self.out is not None:
             from ..training import library_versions, write_json
 
-            write_json(self.out / "run.json", {"stage": "ppo", "status": status, "config": asdict(self.config),
-                                               "versions": library_versions(), "processes": self.world,
-                                               "result": details, "state": asdict(self.state)})
+            write_json(
+                self.out / "run.json",
+                {
+                    "stage": "ppo",
+                    "status": status,
+                    "config": asdict(self.config),
+                    "versions": library_versions(),
+                    "processes": self.world,
+                    "result": details,
+                    "state": asdict(self.state),
+                },
+            )
 
     # ------------------------------------------------------------------------------------------
     # checkpoints: the trained tensors, the optimizer state, the trainer state (safetensors + JSON)
@@ -607,7 +712,9 @@ class PPOTrainer:
             write_json(tmp / TRAINER_STATE, {**asdict(self.state), "good": good, "param_groups": groups})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            keep_good = f"step-{self.state.last_good_step:07d}" if self.state.last_good_step is not None else None
+            keep_good = (
+                f"step-{self.state.last_good_step:07d}" if self.state.last_good_step is not None else None
+            )
             older = [d for d in checkpoint_dirs(self.out) if d.name != keep_good]
             for d in older[: max(0, len(older) - self.config.save_total_limit)]:
                 shutil.rmtree(d, ignore_errors=True)
@@ -616,10 +723,16 @@ class PPOTrainer:
 
     def _snapshot(self):
         """(trained tensors by name, optimizer tensors by "index.key", param groups without tensors), CPU copies."""
-        weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.ac.trainable_state().items()}
+        weights = {
+            k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.ac.trainable_state().items()
+        }
         sd = self.optimizer.state_dict()
-        optim = {f"{i}.{k}": v.detach().to("cpu", copy=True).reshape(v.shape).contiguous()
-                 for i, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+        optim = {
+            f"{i}.{k}": v.detach().to("cpu", copy=True).reshape(v.shape).contiguous()
+            for i, s in sd["state"].items()
+            for k, v in s.items()
+            if torch.is_tensor(v)
+        }
         groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
         return weights, optim, groups
 
@@ -627,7 +740,9 @@ class PPOTrainer:
         named = self.ac.trainable_state()
         missing = sorted(set(named) - set(weights))
         if missing:
-            raise ValueError(f"checkpoint lacks trained tensors {missing[:3]} (was it made with other settings?)")
+            raise ValueError(
+                f"checkpoint lacks trained tensors {missing[:3]} (was it made with other settings?)"
+            )
         with torch.no_grad():
             for k, p in named.items():
                 p.copy_(weights[k].to(p.device, p.dtype))
@@ -648,8 +763,11 @@ class PPOTrainer:
         from safetensors.torch import load_file
 
         data = json.loads((folder / TRAINER_STATE).read_text())
-        self._restore(load_file(str(folder / "trainable.safetensors")), load_file(str(folder / "optimizer.safetensors")),
-                      data.pop("param_groups"))
+        self._restore(
+            load_file(str(folder / "trainable.safetensors")),
+            load_file(str(folder / "optimizer.safetensors")),
+            data.pop("param_groups"),
+        )
         data.pop("good", None)
         restored = TrainerState(**data)
         self.kl_ctl.value = restored.kl_coef
@@ -672,7 +790,9 @@ class PPOTrainer:
         elif (self.out / "metrics.jsonl").is_file():
             path = self.out / "metrics.jsonl"
             rows = [r for r in path.read_text().splitlines() if r.strip()]
-            path.write_text("".join(r + "\n" for r in rows if json.loads(r).get("step", 0) <= self.state.step))
+            path.write_text(
+                "".join(r + "\n" for r in rows if json.loads(r).get("step", 0) <= self.state.step)
+            )
         log.info("resuming PPO from %s (step %d)", found[-1], self.state.step)
         return True
 
@@ -691,15 +811,6 @@ class PPOTrainer:
                 save_policy(self.ac, self.tokenizer, self.out)
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
-
-
-def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    from .core import explained_variance
-
-    if mask.sum() < 2:
-        return 0.0
-    ev = explained_variance(values, returns, mask).item()
-    return ev if math.isfinite(ev) else 0.0
 
 
 def save_policy(ac: ActorCritic, tokenizer, out: Path) -> None:
@@ -743,37 +854,61 @@ def resolve_paths(config: PPOConfig) -> tuple[str, str | None, Path]:
     sft = config.sft_model or (str(run / "sft" / "model") if run else None)
     if not sft:
         raise ValueError("ppo needs the SFT model: pass --sft-model (or --run-dir with RUN_DIR/sft/model)")
-    reward = config.reward_model or (str(run / "reward" / "model") if run and (run / "reward" / "model").is_dir()
-                                     else None)
+    reward = config.reward_model or (
+        str(run / "reward" / "model") if run and (run / "reward" / "model").is_dir() else None
+    )
     out = Path(config.out) if config.out else (run / "ppo" if run else None)
     if out is None:
-        raise ValueError("ppo needs an output folder: pass --out DIR (or --run-dir, which puts it in RUN_DIR/ppo)")
+        raise ValueError(
+            "ppo needs an output folder: pass --out DIR (or --run-dir, which puts it in RUN_DIR/ppo)"
+        )
     return sft, reward, out
 
 
-def make_eval_fn(config: PPOConfig, out: Path) -> Callable:
+def make_eval_fn(config: PPOConfig, sft: str, out: Path) -> Callable:
     """eval_fn(model, tokenizer, step) -> test accuracy with `evaluate.run_eval` (greedy, our answer checker)."""
     from ..evaluate import EvalConfig, run_eval
 
     data = DataConfig(**{**asdict(config.data), "split": config.eval_split, "limit": config.eval_limit})
 
     def eval_fn(model, tokenizer, step: int) -> float:
-        eval_config = EvalConfig(model=str(config.sft_model), out=str(out / "eval" / f"step-{step:07d}"),
-                                 prompt=config.prompt, exemplars=config.exemplars, num_exemplars=config.num_exemplars,
-                                 chat=config.chat, max_new_tokens=config.max_new_tokens,
-                                 batch_size=config.generation_batch_size, backend=config.backend, progress=False,
-                                 data=data)
+        eval_config = EvalConfig(
+            model=sft,
+            out=str(out / "eval" / f"step-{step:07d}"),
+            prompt=config.prompt,
+            exemplars=config.exemplars,
+            num_exemplars=config.num_exemplars,
+            chat=config.chat,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.generation_batch_size,
+            backend=config.backend,
+            progress=False,
+            data=data,
+        )
         return run_eval(eval_config, model=model, tokenizer=tokenizer)["accuracy"]
 
     return eval_fn
 
 
 def run_ppo(config: PPOConfig, reward_fn: RewardFn | None = None, eval_fn: Callable | None = None) -> dict:
-    """Load the SFT and reward models and the training questions, run PPO, save OUT/policy. Returns a summary.
+    """Run PPO (resuming from OUT's last checkpoint when there is one) and save OUT/policy. Returns a summary.
 
     reward_fn(prompts, responses) -> tensor (B,) replaces the reward model (tests, custom rewards);
     eval_fn(model, tokenizer, step) -> accuracy replaces the periodic test evaluation.
     """
+    trainer = build_trainer(config, reward_fn, eval_fn)
+    if trainer.state.step >= config.iterations:
+        log.info("PPO in %s already finished %d iterations", trainer.out, trainer.state.step)
+        trainer.save_model()
+        return trainer.summary("finished")
+    return trainer.train()
+
+
+def build_trainer(
+    config: PPOConfig, reward_fn: RewardFn | None = None, eval_fn: Callable | None = None
+) -> PPOTrainer:
+    """Load the SFT model, the reward model and the training questions; build the trainer (resumed if OUT
+    holds a checkpoint and config.resume). Every process of an `accelerate launch` calls it."""
     from accelerate import Accelerator
 
     from ..data import load_examples
@@ -784,9 +919,12 @@ def run_ppo(config: PPOConfig, reward_fn: RewardFn | None = None, eval_fn: Calla
 
     sft, reward_path, out = resolve_paths(config)
     if reward_fn is None and reward_path is None:
-        raise ValueError("ppo needs a reward model: pass --reward-model (a `sml reward` output folder) or --run-dir "
-                         "with RUN_DIR/reward/model")
-    accelerator = Accelerator(cpu=config.cpu)
+        raise ValueError(
+            "ppo needs a reward model: pass --reward-model (a `sml reward` output folder) or --run-dir "
+            "with RUN_DIR/reward/model"
+        )
+    # Without a GPU, accelerate sets up torch.distributed (gloo) for several processes only when told cpu=True.
+    accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
     settings = {k: v for k, v in asdict(config).items() if k != "iterations"}  # a run may be extended
     resume_from = prepare_out(out, settings, config.resume, accelerator)
 
@@ -797,32 +935,54 @@ def run_ppo(config: PPOConfig, reward_fn: RewardFn | None = None, eval_fn: Calla
     shared = reward_path is not None and shares_backbone(reward_path, sft)
     critic_from = reward_path if config.critic_init == "reward" and shared else None
     if config.critic_init == "reward" and reward_path is not None and not shared:
-        log.warning("the reward model %s is not a LoRA adapter on %s; the critic starts from the SFT model",
-                    reward_path, sft)
+        log.warning(
+            "the reward model %s is not a LoRA adapter on %s; the critic starts from the SFT model",
+            reward_path,
+            sft,
+        )
     lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
     ac = build_actor_critic(model, config.method, lora, critic_from=critic_from)
     _broadcast_trainable(ac, accelerator)  # every process starts from rank 0's fresh adapters
     if reward_fn is None:
         if shared and config.method == "lora":
-            reward_fn = SharedRewardModel.from_folder(ac, tokenizer, reward_path, batch_size=config.micro_batch_size)
+            reward_fn = SharedRewardModel.from_folder(
+                ac, tokenizer, reward_path, batch_size=config.micro_batch_size
+            )
         else:
-            reward_fn = SeparateRewardModel(reward_path, device=device, dtype=config.dtype,
-                                            batch_size=config.micro_batch_size)
+            reward_fn = SeparateRewardModel(
+                reward_path, device=device, dtype=config.dtype, batch_size=config.micro_batch_size
+            )
 
     examples = load_examples(config.data)
-    prompts = [build_prompt(ex, tokenizer, style=config.prompt, exemplars=config.exemplars, chat=config.chat,
-                            num_exemplars=config.num_exemplars, data_dir=config.data.data_dir) for ex in examples]
+    prompts = [
+        build_prompt(
+            ex,
+            tokenizer,
+            style=config.prompt,
+            exemplars=config.exemplars,
+            chat=config.chat,
+            num_exemplars=config.num_exemplars,
+            data_dir=config.data.data_dir,
+        )
+        for ex in examples
+    ]
     if eval_fn is None and config.eval_steps:
-        eval_fn = make_eval_fn(config, out)
-    trainer = PPOTrainer(config, ac, tokenizer, reward_fn, prompts, examples, eval_fn=eval_fn, out=out,
-                         accelerator=accelerator, stop_strings=stop_strings(tokenizer, config.chat))
+        eval_fn = make_eval_fn(config, sft, out)
+    trainer = PPOTrainer(
+        config,
+        ac,
+        tokenizer,
+        reward_fn,
+        prompts,
+        examples,
+        eval_fn=eval_fn,
+        out=out,
+        accelerator=accelerator,
+        stop_strings=stop_strings(tokenizer, config.chat),
+    )
     if resume_from is not None:
         trainer.resume()
-    if trainer.state.step >= config.iterations:
-        log.info("PPO in %s already finished %d iterations", out, trainer.state.step)
-        trainer.save_model()
-        return trainer.summary("finished")
-    return trainer.train()
+    return trainer
 
 
 def _broadcast_trainable(ac: ActorCritic, accelerator) -> None:

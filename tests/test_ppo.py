@@ -1,0 +1,591 @@
+"""PPO against a reward (stage 4): the proof that it learns, and the machinery around it.
+
+Toy task: the reward is the share of lowercase ASCII letters in the response, a known function that a
+random tiny model scores ~0.05 on. The tiny model's LM head is tied to its embeddings and follows a
+frozen RMSNorm, so LoRA on the attention/MLP layers alone can barely move its (nearly uniform)
+output distribution; the toy runs therefore also put LoRA on `lm_head` (still an adapter on frozen
+SFT weights, which is what the LoRA path is about).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfmotivated.ppo.actor_critic import POLICY, build_actor_critic, lora_config
+from selfmotivated.ppo.experience import collate, generate_rollouts, make_experience
+from selfmotivated.ppo.guard import FailureGuard, GuardTripped
+from selfmotivated.ppo.rewards import SharedRewardModel, answer_terms
+from selfmotivated.ppo.trainer import PPOConfig, PPOTrainer
+from selfmotivated.tiny import build_tiny_model
+
+TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head"
+LETTERS = set("abcdefghijklmnopqrstuvwxyz")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two threads on a shared 2-core machine are slower than one for these tiny matmuls.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def letter_reward(prompts, responses):
+    """Known reward: share of the response's characters that are lowercase ASCII letters. (B,)"""
+    return torch.tensor([sum(c in LETTERS for c in r) / max(len(r), 1) for r in responses])
+
+
+def toy_prompts(tokenizer, n=16):
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"question {i}" + " word" * (i % 4)}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for i in range(n)
+    ]
+
+
+def toy_config(**overrides) -> PPOConfig:
+    settings = dict(
+        iterations=16,
+        prompts_per_iteration=8,
+        samples_per_prompt=2,
+        max_new_tokens=8,
+        learning_rate=1e-2,
+        critic_learning_rate=1e-2,
+        kl_coef=0.0,
+        mini_batch_size=8,
+        micro_batch_size=8,
+        ppo_epochs=2,
+        lora_r=8,
+        lora_alpha=16,
+        lora_target_modules=TARGETS,
+        eval_steps=0,
+        guard_max_kl=0,
+        guard_min_entropy=0,
+        guard_accuracy_drop=0,
+        tensorboard=False,
+        progress=False,
+    )
+    settings.update(overrides)
+    return PPOConfig(**settings)
+
+
+def toy_trainer(config: PPOConfig, out=None, eval_fn=None, reward_fn=letter_reward):
+    model, tokenizer = build_tiny_model()
+    lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+    ac = build_actor_critic(model, config.method, lora)
+    return PPOTrainer(config, ac, tokenizer, reward_fn, toy_prompts(tokenizer), eval_fn=eval_fn, out=out)
+
+
+def scores(trainer) -> list[float]:
+    return [r["ppo/score_mean"] for r in trainer.history if "ppo/score_mean" in r]
+
+
+def snapshot(module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The proof that it learns
+
+
+@pytest.fixture(scope="module")
+def learned():
+    """One LoRA run of the toy task (shared by the tests below), with the weights before and after."""
+    torch.set_num_threads(1)
+    trainer = toy_trainer(toy_config())
+    before = snapshot(trainer.ac)
+    trainer.train()
+    return trainer, before, snapshot(trainer.ac)
+
+
+def test_ppo_raises_the_toy_reward_clearly(learned):
+    trainer, _, _ = learned
+    s = scores(trainer)
+    assert len(s) == 16
+    assert s[0] < 0.15  # a random model writes few lowercase letters
+    assert sum(s[-3:]) / 3 > 0.6, s
+    assert sum(s[-3:]) / 3 > s[0] + 0.45, s
+
+
+def test_same_run_with_learning_rate_zero_does_not_learn():
+    trainer = toy_trainer(toy_config(learning_rate=0.0, critic_learning_rate=0.0, iterations=10))
+    before = {k: v.clone() for k, v in trainer.ac.trainable_state().items()}
+    trainer.train()
+    s = scores(trainer)
+    assert max(s) < 0.2 and sum(s[-3:]) / 3 < 0.15, s
+    assert all(torch.equal(before[k], v) for k, v in trainer.ac.trainable_state().items())
+    # With lr 0 the policy stays the reference: no KL at any step.
+    assert all(abs(r["ppo/kl"]) < 1e-5 for r in trainer.history)
+
+
+def test_lora_changes_adapters_and_value_head_but_not_the_backbone(learned):
+    trainer, before, after = learned
+    lora_or_head = [n for n in before if "lora_" in n or n.startswith("value_head.")]
+    backbone = [n for n in before if n not in lora_or_head]
+    assert backbone and all(torch.equal(before[n], after[n]) for n in backbone)
+    policy = [n for n in lora_or_head if f".{POLICY}." in n]
+    critic = [n for n in lora_or_head if ".critic." in n]
+    assert policy and critic
+    # LoRA's B starts at 0 (policy == SFT model): every policy B matrix must have moved.
+    assert all(not torch.equal(before[n], after[n]) for n in policy if "lora_B" in n)
+    assert any(not torch.equal(before[n], after[n]) for n in critic)
+    assert not torch.equal(before["value_head.linear.weight"], after["value_head.linear.weight"])
+    assert set(trainer.ac.trainable_state()) == set(
+        policy + critic + ["value_head.linear.weight", "value_head.linear.bias"]
+    )
+
+
+def exact_kl(trainer) -> float:
+    """KL(policy || reference) per response, summed over the vocabulary (no sampling noise in the estimate),
+    on fresh rollouts of the trained policy."""
+    prompts, examples = trainer.prompt_batch(0)
+    rollouts = generate_rollouts(
+        trainer.generator, prompts, examples, trainer.tokenizer, trainer.sampling_params(0, seed=123)
+    )
+    seq, attn, mask, P = collate(rollouts, trainer.pad_id)
+    with torch.no_grad():
+        logp = trainer.ac.policy_logits(seq, attn, P).log_softmax(-1)  # (B, T, V)
+        logq = trainer.ac.reference_logits(seq, attn, P).log_softmax(-1)
+    per_token = (logp.exp() * (logp - logq)).sum(-1)  # (B, T)
+    return float((per_token * mask).sum(-1).mean())
+
+
+def test_kl_penalty_keeps_the_policy_near_the_reference():
+    kl, gain = {}, {}
+    for beta in (0.0, 0.1, 1.0):
+        trainer = toy_trainer(toy_config(kl_coef=beta, iterations=10))
+        trainer.train()
+        kl[beta] = exact_kl(trainer)
+        s = scores(trainer)
+        gain[beta] = sum(s[-3:]) / 3 - s[0]
+    assert kl[0.0] > kl[0.1] > kl[1.0], kl  # the larger beta, the closer to the reference
+    assert kl[0.0] > 4.0 and kl[1.0] < 0.1 * kl[0.0], kl
+    assert kl[1.0] < 1.0, kl  # nats per 8-token response: with beta high the policy barely moves
+    assert gain[0.0] > 0.1 and abs(gain[1.0]) < 0.06, gain
+
+
+def test_adaptive_kl_coefficient_follows_the_measured_kl():
+    trainer = toy_trainer(
+        toy_config(kl_coef=0.05, adaptive_kl=True, kl_target=0.01, kl_horizon=64, iterations=4)
+    )
+    trainer.train()
+    coefs = [r["ppo/kl_coef"] for r in trainer.history]
+    kls = [r["ppo/kl"] for r in trainer.history]
+    assert coefs[0] == pytest.approx(0.05)
+    for i in range(1, len(coefs)):  # beta grows after an iteration above target, shrinks below it
+        expected = coefs[i - 1] * (1 + max(min((kls[i - 1] - 0.01) / 0.01, 0.2), -0.2) * 16 / 64)
+        assert coefs[i] == pytest.approx(expected, rel=1e-4)
+    assert coefs[-1] != coefs[0]
+
+
+def test_full_finetuning_learns_and_keeps_the_reference_frozen():
+    trainer = toy_trainer(
+        toy_config(method="full", learning_rate=5e-3, critic_learning_rate=1e-3, iterations=14)
+    )
+    ref_before = snapshot(trainer.ac.reference)
+    policy_before = snapshot(trainer.ac.policy)
+    trainer.train()
+    s = scores(trainer)
+    assert sum(s[-3:]) / 3 > s[0] + 0.3, s
+    assert all(
+        torch.equal(v, dict(trainer.ac.reference.named_parameters())[k]) for k, v in ref_before.items()
+    )
+    changed = [k for k, v in trainer.ac.policy.named_parameters() if not torch.equal(v, policy_before[k])]
+    assert len(changed) == len(policy_before)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Experience: alignment, padding, KL at the start
+
+
+def test_experience_recomputes_sampler_logprobs_and_starts_at_the_reference():
+    config = toy_config(max_new_tokens=6)
+    trainer = toy_trainer(config)
+    prompts, examples = trainer.prompt_batch(0)
+    rollouts = generate_rollouts(
+        trainer.generator, prompts, examples, trainer.tokenizer, trainer.sampling_params(0, seed=3)
+    )
+    assert len(rollouts) == len(prompts) * config.samples_per_prompt
+    score = letter_reward(None, [r.response for r in rollouts]) + 1.0
+    exp, stats = make_experience(trainer.ac, rollouts, score, trainer.pad_id, kl_coef=0.1, batch_size=3)
+    # A shifted or misaligned slice would give log-probs of other tokens: far from the sampler's.
+    assert stats["rollout/logprob_diff"] < 1e-4
+    # Fresh LoRA (B = 0): the policy is exactly the reference, so the KL and its penalty are 0 ...
+    assert torch.allclose(exp.old_logprobs, exp.ref_logprobs, atol=1e-5)
+    assert exp.kl.abs().max() < 1e-5
+    # ... and each row's rewards sum to its score, placed on its last response token.
+    assert torch.allclose(exp.rewards.sum(-1), score, atol=1e-4)
+    last = exp.response_mask.sum(-1) - 1
+    assert torch.allclose(exp.rewards[torch.arange(len(exp)), last], score, atol=1e-4)
+    assert torch.all(exp.returns[exp.response_mask == 0] == 0)
+
+
+def test_padding_and_minibatch_trimming_do_not_change_logprobs():
+    trainer = toy_trainer(toy_config(max_new_tokens=5))
+    ac, tok = trainer.ac, trainer.tokenizer
+    prompts = toy_prompts(tok, 4)  # different lengths: left padding differs per row
+    rollouts = generate_rollouts(
+        trainer.generator, prompts, [None] * 4, tok, trainer.sampling_params(0, seed=7, n=1)
+    )
+    with torch.no_grad():
+        seq, attn, mask, P = collate(rollouts, trainer.pad_id)
+        batched, _ = ac.policy_logprobs(seq, attn, P)  # (4, T)
+        for b, r in enumerate(rollouts):
+            s1, a1, m1, p1 = collate([r], trainer.pad_id)
+            alone, _ = ac.policy_logprobs(s1, a1, p1)
+            n = len(r.response_ids)
+            assert torch.allclose(batched[b, :n], alone[0, :n], atol=1e-5)
+        exp, _ = make_experience(ac, rollouts, torch.zeros(4), trainer.pad_id, kl_coef=0.0)
+        sub = exp.select([1, 3])
+        assert sub.sequences.shape[1] <= exp.sequences.shape[1]
+        trimmed, _ = ac.policy_logprobs(sub.sequences, sub.attention_mask, sub.prompt_width)
+        for i, b in enumerate([1, 3]):
+            n = int(exp.response_mask[b].sum())
+            assert torch.allclose(trimmed[i, :n], exp.old_logprobs[b, :n], atol=1e-5)
+
+
+def test_answer_terms_reward_correct_answers_and_penalise_missing_ones():
+    from selfmotivated.records import Example
+
+    ex = Example(id="q1", question="Is the coin still heads up?", gold="yes", answer_type="yes_no")
+    texts = ["It was flipped twice. The answer is yes.", "The answer is no.", "I am not sure what happens"]
+    bonus, stats = answer_terms(texts, [ex, ex, ex], correct_bonus=1.0, no_answer_penalty=0.5)
+    assert bonus.tolist() == [1.0, 0.0, -0.5]
+    assert stats["rollout/correct_frac"] == pytest.approx(1 / 3)
+    assert stats["rollout/no_answer_frac"] == pytest.approx(1 / 3)
+    off, _ = answer_terms(texts, [ex, ex, ex], correct_bonus=0.0, no_answer_penalty=0.0)
+    assert off.tolist() == [0.0, 0.0, 0.0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The failure guard
+
+
+def test_guard_signals():
+    g = FailureGuard(max_kl=5.0, min_entropy=0.1, patience=2)
+    assert g.observe(1, {"ppo/score_mean": 0.1, "ppo/kl": float("nan")}).signal == "nan"
+    assert g.observe(2, {"ppo/kl": 6.0, "ppo/entropy": 1.0}) is None  # one strike: not yet
+    assert g.observe(3, {"ppo/kl": 7.0, "ppo/entropy": 1.0}).signal == "kl"
+    g = FailureGuard(max_kl=5.0, min_entropy=0.1, patience=2)
+    g.observe(1, {"ppo/kl": 6.0, "ppo/entropy": 0.05})
+    assert g.observe(2, {"ppo/kl": 1.0, "ppo/entropy": 0.05}).signal == "entropy"  # kl streak broken
+    g = FailureGuard(min_response_length=2.0)
+    assert g.observe(1, {"rollout/response_length": 1.2}).signal == "length"
+
+
+def test_guard_reward_hacking_needs_accuracy_down_and_reward_up():
+    g = FailureGuard(accuracy_drop=0.05)
+    assert g.observe_accuracy(0, 0.50) == (None, True)
+    g.observe(1, {"ppo/score_mean": 0.2})  # rollouts of the step-0 policy: the reward that goes with 0.50
+    g.observe(2, {"ppo/score_mean": 0.3})
+    assert g.observe_accuracy(2, 0.48) == (None, True)  # within the tolerance
+    g.observe(3, {"ppo/score_mean": 0.1})
+    alarm, good = g.observe_accuracy(3, 0.30)  # accuracy fell, but so did the reward: not hacking
+    assert alarm is None and not good
+    g.observe(4, {"ppo/score_mean": 0.9})
+    alarm, good = g.observe_accuracy(4, 0.30)
+    assert alarm.signal == "reward_hacking" and not good
+    assert "0.300" in alarm.message and "0.500" in alarm.message
+
+
+def test_guard_stop_keeps_the_last_good_checkpoint_as_the_model(tmp_path):
+    config = toy_config(guard_max_kl=1.0, guard_patience=1, save_steps=100)
+    trainer = toy_trainer(config, out=tmp_path)
+    with pytest.raises(GuardTripped, match=r"\[kl\].*KL to the reference") as info:
+        trainer.train()
+    assert info.value.signal == "kl" and info.value.last_good == 0
+    # The saved model is the last good one (step 0: the SFT model itself).
+    from selfmotivated.models import load_model
+
+    saved, _ = load_model(str(tmp_path / "policy"), device="cpu")
+    reference, tok = build_tiny_model()
+    ids = torch.tensor([tok("hello there", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(saved(ids).logits, reference(ids).logits, atol=1e-5)
+    assert (tmp_path / "checkpoints" / "step-0000000").is_dir()
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "stopped"
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "stopped: [kl]" in rows[-1]["note"]
+
+
+def test_reward_hacking_rolls_back_to_the_last_good_checkpoint_then_stops(tmp_path):
+    from safetensors.torch import load_file
+
+    accuracy = {0: 0.5, 3: 0.5, 6: 0.1, 9: 0.1}  # test accuracy falls while the toy reward climbs
+    config = toy_config(
+        iterations=12,
+        eval_steps=3,
+        guard_accuracy_drop=0.05,
+        guard_action="rollback",
+        max_rollbacks=1,
+        save_steps=100,
+    )
+    trainer = toy_trainer(config, out=tmp_path, eval_fn=lambda model, tok, step: accuracy[step])
+    with pytest.raises(GuardTripped, match="reward_hacking") as info:
+        trainer.train()
+    assert info.value.step == 9 and info.value.last_good == 3
+    rollback = [r for r in trainer.history if r.get("guard/rollback")]
+    assert len(rollback) == 1 and rollback[0]["step"] == 6 and rollback[0]["guard/rolled_back_to"] == 3
+    good = load_file(str(tmp_path / "checkpoints" / "step-0000003" / "trainable.safetensors"))
+    now = trainer.ac.trainable_state()
+    assert all(torch.equal(good[k], v.detach()) for k, v in now.items())  # stopped on the step-3 weights
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints, resume, the stage end to end
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    config = toy_config(iterations=4, save_steps=2)
+    straight = toy_trainer(config, out=tmp_path / "a")
+    straight.train()
+
+    first = toy_trainer(toy_config(iterations=4, save_steps=2, stop_after_steps=2), out=tmp_path / "b")
+    assert first.train()["status"] == "interrupted"
+    second = toy_trainer(config, out=tmp_path / "b")
+    assert second.resume() and second.state.step == 2
+    second.train()
+    a, b = straight.ac.trainable_state(), second.ac.trainable_state()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def tiny_run_folders(tmp_path_factory):
+    """An SFT model folder (tiny-random) and a LoRA reward model on it, as `sml reward` saves them."""
+    from selfmotivated.reward import load_scoring_backbone
+    from selfmotivated.tiny import save_tiny_random
+    from selfmotivated.training import add_lora
+
+    root = tmp_path_factory.mktemp("ppo-run")
+    sft = save_tiny_random(root / "sft")
+    model, _ = load_scoring_backbone(str(sft))
+
+    class LoraSettings:
+        lora_target_modules, lora_r, lora_alpha, lora_dropout = "all-linear", 4, 8, 0.0
+
+    reward = add_lora(model, LoraSettings, "SEQ_CLS", modules_to_save=["score"])
+    torch.manual_seed(1)
+    with torch.no_grad():  # a reward model that is not the identity: random adapter and head
+        for name, p in reward.named_parameters():
+            if "lora_B" in name or "score" in name:
+                p.normal_(0, 0.2)
+    reward.save_pretrained(root / "reward")
+    (root / "reward" / "reward_model.json").write_text(json.dumps({"backbone": str(sft)}))
+    return sft, root / "reward"
+
+
+def test_shared_reward_model_scores_like_the_reward_module(tiny_run_folders):
+    from selfmotivated.models import load_model
+    from selfmotivated.reward import load_reward_model, score_texts
+
+    sft, reward_dir = tiny_run_folders
+    model, tok = load_model(str(sft), device="cpu")
+    ac = build_actor_critic(model, "lora", lora_config(4, 8, 0.0, "all-linear"), critic_from=str(reward_dir))
+    shared = SharedRewardModel.from_folder(ac, tok, reward_dir, batch_size=2)
+    prompts = toy_prompts(tok, 3)
+    responses = ["The answer is yes.", "no", "Let me think step by step about it"]
+    rm, rm_tok = load_reward_model(reward_dir)
+    expected = torch.tensor(score_texts(rm, rm_tok, prompts, responses))
+    got = shared(prompts, responses)
+    assert expected.std() > 1e-3  # the scores differ, so agreeing means something
+    assert torch.allclose(got, expected, atol=1e-4)
+    # The critic starts as the reward model: its value at the last position is the reward score.
+    ids = tok(prompts[0], add_special_tokens=False)["input_ids"]
+    resp = tok(responses[0], add_special_tokens=False)["input_ids"]
+    seq = torch.tensor([ids + resp + [tok.eos_token_id]])
+    with torch.no_grad():
+        values = ac.values(seq, torch.ones_like(seq), len(ids))  # V before each response token
+    assert values[0, -1].item() == pytest.approx(expected[0].item(), abs=1e-4)
+    # Scoring used the reward adapter, then handed the backbone back to the policy.
+    assert ac.policy.active_adapter == POLICY
+
+
+def test_run_ppo_end_to_end(tiny_run_folders, tmp_path):
+    from selfmotivated.data import DataConfig
+    from selfmotivated.models import load_model
+    from selfmotivated.ppo.trainer import run_ppo
+
+    sft, reward_dir = tiny_run_folders
+    config = PPOConfig(
+        sft_model=str(sft),
+        reward_model=str(reward_dir),
+        out=str(tmp_path),
+        iterations=2,
+        prompts_per_iteration=2,
+        samples_per_prompt=2,
+        max_new_tokens=6,
+        mini_batch_size=4,
+        micro_batch_size=2,
+        eval_steps=2,
+        eval_limit=2,
+        save_steps=1,
+        progress=False,
+        data=DataConfig(dataset="synthetic_coin_flip", split="train", n_train=8, n_test=4),
+    )
+    summary = run_ppo(config)
+    assert summary["status"] == "finished" and summary["steps"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 2]
+    train_rows = [r for r in rows if "ppo/score_mean" in r]
+    for key in (
+        "ppo/score_mean",
+        "ppo/reward_mean",
+        "ppo/kl",
+        "ppo/entropy",
+        "ppo/clipfrac",
+        "losses/policy",
+        "losses/value",
+        "ppo/explained_variance",
+        "rollout/response_length",
+        "rollout/logprob_diff",
+        "time/generate",
+        "time/score",
+        "time/forward",
+        "time/update",
+    ):
+        assert all(key in r and math.isfinite(r[key]) for r in train_rows), key
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "eval" / "step-0000002" / "predictions.jsonl").is_file()
+    # The merged policy folder and the adapter on the SFT model are the same model.
+    merged, tok = load_model(str(tmp_path / "policy"), device="cpu")
+    adapted, _ = load_model(str(sft), adapter=str(tmp_path / "policy_adapter"), device="cpu")
+    ids = torch.tensor([tok("The coin is heads up.", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-5)
+    # Run again: it resumes from the final checkpoint and has nothing left to do.
+    assert run_ppo(config)["steps"] == 2
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="temperature"):
+        PPOConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="method"):
+        PPOConfig(method="qlora")
+    with pytest.raises(ValueError, match="mini_batch_size"):
+        PPOConfig(mini_batch_size=0)
+    assert PPOConfig().learning_rate == 2e-5 and PPOConfig(method="full").learning_rate == 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------
+# Distributed and benchmark (slow: separate processes)
+
+
+DISTRIBUTED_SCRIPT = """
+import json, os, sys, torch
+torch.set_num_threads(1)
+from selfmotivated.data import DataConfig
+from selfmotivated.ppo.trainer import PPOConfig, build_trainer
+out = sys.argv[2]
+seen = []
+def reward_fn(prompts, responses):
+    seen.append(sorted(set(prompts)))
+    return torch.tensor([sum(c in "abcdefghijklmnopqrstuvwxyz" for c in r) / max(len(r), 1) for r in responses])
+config = PPOConfig(sft_model=sys.argv[1], out=out, iterations=3, prompts_per_iteration=4, samples_per_prompt=2,
+                   max_new_tokens=6, mini_batch_size=4, micro_batch_size=2, eval_steps=2, save_steps=2,
+                   learning_rate=1e-2, tensorboard=False, progress=False,
+                   data=DataConfig(dataset="synthetic_coin_flip", split="train", n_train=16, n_test=4))
+# Only the main process evaluates; a process that computed another number must still use the main one's.
+eval_fn = lambda model, tok, step: 0.25 if os.environ["RANK"] == "0" else 0.75
+trainer = build_trainer(config, reward_fn=reward_fn, eval_fn=eval_fn)
+trainer.train()
+weights = {k: float(v.detach().double().sum()) for k, v in trainer.ac.trainable_state().items()}
+json.dump({"seen": seen, "weights": weights, "world": trainer.world, "evals": trainer.state.evals}, open(f"{out}/rank{trainer.rank}.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_split_rollouts_and_stay_in_sync(tiny_run_folders, tmp_path):
+    sft, _ = tiny_run_folders
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(DISTRIBUTED_SCRIPT))
+    out = tmp_path / "out"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # accelerate starts several processes only through its multi-GPU launcher (torchrun); without a GPU
+    # each process runs on the CPU and torch.distributed uses gloo.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run(
+        [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(port),
+            str(script),
+            str(sft),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world"] == 2
+    for step in range(3):  # each process scored its own half of the step's prompts
+        assert not set(ranks[0]["seen"][step]) & set(ranks[1]["seen"][step])
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients averaged: identical updates
+    assert (
+        ranks[0]["evals"]
+        == ranks[1]["evals"]
+        == [{"step": 0, "accuracy": 0.25}, {"step": 2, "accuracy": 0.25}]
+    )
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]  # logged once, by the main process
+    assert (out / "policy" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_bench_ppo_reports_phases_and_memory():
+    from selfmotivated.ppo.bench import BenchPPOConfig, format_bench_ppo, run_bench_ppo
+
+    result = run_bench_ppo(
+        BenchPPOConfig(
+            model="tiny-random",
+            iterations=1,
+            warmup=1,
+            prompts_per_iteration=2,
+            max_new_tokens=8,
+            mini_batch_size=4,
+            micro_batch_size=2,
+        )
+    )
+    for key in (
+        "seconds_per_iteration",
+        "rollout_seconds",
+        "scoring_seconds",
+        "forward_seconds",
+        "update_seconds",
+    ):
+        assert result[key] > 0, key
+    assert result["seconds_per_iteration"] >= result["rollout_seconds"] + result["update_seconds"]
+    assert result["ppo_peak_mb"] > 0 and result["sft_peak_mb"] > 0
+    assert result["memory_ratio"] == pytest.approx(result["ppo_peak_mb"] / result["sft_peak_mb"], rel=1e-2)
+    assert "ratio" in format_bench_ppo(result)
