@@ -21,14 +21,15 @@ pairwise accuracy, accuracy per tier gap and score distributions per tier.
 Loading a saved reward model:
 - `load_reward_model(folder)` handles every case below.
 - `--method full` or `--save-merged`: a plain folder, `AutoModelForSequenceClassification.from_pretrained(folder)`.
-- LoRA (default): an adapter folder with the score head inside (`modules_to_save`). With plain transformers:
-      tokenizer = AutoTokenizer.from_pretrained(folder)
+- LoRA (default): an adapter folder with the score head inside (`modules_to_save`). With transformers (and
+  peft installed), either
+      model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1)
+  or, explicitly,
       base = AutoModelForSequenceClassification.from_pretrained(SFT_FOLDER, num_labels=1)
-      base.config.pad_token_id = tokenizer.pad_token_id
       model = peft.PeftModel.from_pretrained(base, folder)
-  where SFT_FOLDER is `base_model_name_or_path` of adapter_config.json (also "backbone" in reward_model.json).
-  When the SFT model was itself a LoRA adapter folder, that is the folder named there: merge it into its base
-  first (load_reward_model does).
+  then `model.config.pad_token_id = AutoTokenizer.from_pretrained(folder).pad_token_id`. SFT_FOLDER is
+  `base_model_name_or_path` of adapter_config.json ("backbone" in reward_model.json). When the SFT model was
+  itself a LoRA adapter folder, that is the folder named there: use load_reward_model, which merges it.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections import Counter
@@ -29,11 +30,6 @@ QUESTIONS = [
 def chat(tokenizer, question: str, system: str = SYSTEM) -> str:
     messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_tiny_model(seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -346,6 +342,28 @@ def test_process_logits_order_and_ties():
     kept = process_logits(logits, 1.0, top_k=0, top_p=1e-6)  # the most likely token always stays
     assert torch.isfinite(kept).sum().item() >= 1
     assert math.isclose(process_logits(logits, 2.0, 0, 1.0)[0, 0].item(), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark, end to end through the CLI on tiny settings (numbers are meaningless here).
+
+
+@pytest.mark.parametrize("baseline", ["hf", "hf-single"])
+def test_bench_generate_cli_json(capsys, baseline):
+    from selfmotivated.cli import main
+    from selfmotivated.generation.bench import format_bench_result
+
+    code = main(["bench", "generate", "--model", "tiny-random", "--dataset", "synthetic_coin_flip",
+                 "--prompt", "few-shot", "--batch-size", "2", "--num-prompts", "3", "--new-tokens", "3",
+                 "--single-prompts", "1", "--baseline", baseline, "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("engine_tokens_per_s", "hf_tokens_per_s", "speedup", "engine_gflops", "peak_gflops"):
+        assert result[key] > 0
+    assert result["baseline"] == baseline and result["num_prompts"] == 3
+    assert result["speedup"] == pytest.approx(result["engine_tokens_per_s"] / result["hf_tokens_per_s"])
+    assert result["shared_prefix_tokens"] > 0  # few-shot prompts share their exemplars
+    assert "speedup" in format_bench_result(result)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """PPO against a reward (stage 4): the proof that it learns, and the machinery around it.
 
 Toy task: the reward is the share of lowercase ASCII letters in the response, a known function that a
-random tiny model scores ~0.05 on. The tiny model's LM head is tied to its embeddings and follows a
+random tiny model scores ~0.1 on. The tiny model's LM head is tied to its embeddings and follows a
 frozen RMSNorm, so LoRA on the attention/MLP layers alone can barely move its (nearly uniform)
 output distribution; the toy runs therefore also put LoRA on `lm_head` (still an adapter on frozen
 SFT weights, which is what the LoRA path is about).
@@ -126,7 +126,7 @@ def test_same_run_with_learning_rate_zero_does_not_learn():
     before = {k: v.clone() for k, v in trainer.ac.trainable_state().items()}
     trainer.train()
     s = scores(trainer)
-    assert max(s) < 0.2 and sum(s[-3:]) / 3 < 0.15, s
+    assert max(s) < 0.25 and sum(s[-3:]) / 3 < s[0] + 0.1, s
     assert all(torch.equal(before[k], v) for k, v in trainer.ac.trainable_state().items())
     # With lr 0 the policy stays the reference: no KL at any step.
     assert all(abs(r["ppo/kl"]) < 1e-5 for r in trainer.history)
@@ -175,7 +175,7 @@ def test_kl_penalty_keeps_the_policy_near_the_reference():
     assert kl[0.0] > kl[0.1] > kl[1.0], kl  # the larger beta, the closer to the reference
     assert kl[0.0] > 4.0 and kl[1.0] < 0.1 * kl[0.0], kl
     assert kl[1.0] < 1.0, kl  # nats per 8-token response: with beta high the policy barely moves
-    assert gain[0.0] > 0.1 and abs(gain[1.0]) < 0.06, gain
+    assert gain[0.0] > gain[1.0] + 0.15 and abs(gain[1.0]) < 0.1, gain
 
 
 def test_adaptive_kl_coefficient_follows_the_measured_kl():

@@ -168,6 +168,9 @@ def test_lora_reward_model_trains_adapter_and_head_and_loads_back(tiny_dir, tmp_
     plain_base.config.pad_token_id = plain_tok.pad_token_id
     plain = PeftModel.from_pretrained(plain_base, str(folder)).eval()
     assert score_texts(plain, plain_tok, prompts, responses) == pytest.approx(ours, abs=1e-5)
+    auto = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1).eval()  # peft integration
+    auto.config.pad_token_id = plain_tok.pad_token_id
+    assert score_texts(auto, plain_tok, prompts, responses) == pytest.approx(ours, abs=1e-5)
     assert metrics["model_dir"] == str(folder)
 
     # save_merged: a plain sequence-classification folder, same scores
