@@ -290,6 +290,23 @@ def _add_bench(sub):
     gp.add_argument("--json", action="store_true", help="print one JSON object")
     add_config_args(gp, BenchGenerateConfig)
     gp.set_defaults(func=_run_bench_generate)
+    for name, help_text, module, cls_name, func_name, fmt_name in (
+        ("ppo", "time and peak memory of one PPO iteration against one SFT LoRA step", "selfmotivated.ppo.bench",
+         "BenchPPOConfig", "run_bench_ppo", "format_bench_ppo"),
+        ("train", "SFT and reward training throughput against a matmul peak", "selfmotivated.bench_train",
+         "BenchTrainConfig", "run_bench_train", "format_bench_train"),
+    ):
+        import importlib
+
+        try:
+            module_obj = importlib.import_module(module)
+        except ImportError:
+            continue
+        bp = bsub.add_parser(name, help=help_text)
+        bp.add_argument("--json", action="store_true", help="print one JSON object")
+        add_config_args(bp, getattr(module_obj, cls_name))
+        bp.set_defaults(func=_run_bench, bench_module=module_obj, bench_cls=cls_name, bench_func=func_name,
+                        bench_fmt=fmt_name)
 
 
 def _run_bench_generate(args):
@@ -298,6 +315,12 @@ def _run_bench_generate(args):
     config = config_from_args(bench.BenchGenerateConfig, args, source="flags")
     result = bench.run_bench_generate(config)
     _print(result, args.json, getattr(bench, "format_bench_result", None))
+
+
+def _run_bench(args):
+    config = config_from_args(getattr(args.bench_module, args.bench_cls), args, source="flags")
+    result = getattr(args.bench_module, args.bench_func)(config)
+    _print(result, args.json, getattr(args.bench_module, args.bench_fmt, None))
 
 
 # --- models -----------------------------------------------------------------------------------------------
