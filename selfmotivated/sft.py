@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .training import (
     Loop, TrainConfig, TrainerState, add_lora, check_max_length, deal_eval, deal_steps, fingerprint, fit,
-    hf_progress_bars_off, length_grouped_batches, load_checkpoint, make_accelerator, make_optimizer,
+    hf_progress_bars_off, length_grouped_batches, make_accelerator, make_optimizer,
     make_scheduler, padding_fraction, prepare_out, read_jsonl, resolve_out, resume_state, save_model_folder,
     set_seed, settings_of, split_by_group, write_run_record,
 )

@@ -17,7 +17,18 @@ SmolLM2, Mistral, Qwen2). Any other model is handed to the `hf` backend with one
 
 Attention of a decoding row = softmax over [shared prefix keys ; its own keys]. The prefix part is
 one batched matmul for all rows (queries of every row against the same prefix keys), so the prefix
-KV is read once per step, not once per row.
+KV is read once per step, not once per row. Prompt suffixes are prefilled packed, without padding.
+
+Memory: the slot caches are allocated once per call, (layers, slots, kv_heads, cap, head_dim) with
+cap = longest suffix + max_new_tokens - 1; the number of slots is `max_seqs`, lowered so that
+prefix + slots * (cap + 1) <= `max_tokens`. A prompt that cannot fit even alone is a ValueError.
+
+Sampling: each row draws from its own generator seeded by (call seed, prompt index, sample index), so
+a row's samples do not depend on the batch it happened to run in. Decoding rules: `sampling.py`.
+
+Rotary cos/sin come from the model's own rotary module for all positions of the call at once, which
+is exact for static rope scalings (default, linear, llama3, yarn); a "dynamic" NTK scaling would be
+applied as for the call's longest sequence from the first token on.
 """
 
 from __future__ import annotations
