@@ -373,6 +373,7 @@ DEFAULT_MODEL = Path.home() / ".cache" / "selfmotivated" / "models" / "smollm2-1
 
 
 @pytest.mark.slow
+@pytest.mark.real_model
 @pytest.mark.skipif(not (DEFAULT_MODEL / "config.json").exists(), reason="default model not converted locally")
 def test_default_model_greedy_matches_hf():
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -408,6 +408,7 @@ def test_adapter_errors(cache, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_model
 def test_default_model_from_cache(monkeypatch):
     folder = USER_CACHE / "models" / DEFAULT_MODEL
     if not (folder / "config.json").is_file():  # checked first so the test never starts a conversion
