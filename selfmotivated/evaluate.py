@@ -40,7 +40,7 @@ class EvalConfig:
                                                 "choices": ["auto", "always", "never"]})
     templates: str | None = field(default=None, metadata={"help": "JSON file overriding our prompt templates"})
     max_new_tokens: int = field(default=256, metadata={"help": "tokens generated per question at most"})
-    batch_size: int = field(default=16, metadata={"help": "sequences decoded at once"})
+    batch_size: int = field(default=64, metadata={"help": "sequences decoded at once"})
     backend: str = field(default="engine", metadata={"help": "generation backend: engine (ours) or hf",
                                                      "choices": ["engine", "hf"]})
     dtype: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16"})

@@ -684,7 +684,7 @@ class RerankConfig:
                                                        "choices": ["zero_shot", "few_shot"]})
     chat: str = field(default="auto", metadata={"help": "use the chat template: auto, always or never",
                                                 "choices": ["auto", "always", "never"]})
-    batch_size: int = field(default=16, metadata={"help": "sequences decoded at once"})
+    batch_size: int = field(default=64, metadata={"help": "sequences decoded at once"})
     score_batch_size: int = field(default=8, metadata={"help": "sequences scored at once"})
     backend: str = field(default="engine", metadata={"help": "generation backend: engine or hf",
                                                      "choices": ["engine", "hf"]})

@@ -87,7 +87,7 @@ class GenerateConfig:
             "choices": ["engine", "hf", "hf-single"],
         },
     )
-    batch_size: int = field(default=16, metadata={"help": "sequences decoded at once"})
+    batch_size: int = field(default=64, metadata={"help": "sequences decoded at once"})
     # prompts
     prompt: str = field(
         default="zero_shot",
