@@ -113,7 +113,7 @@ def _add_training(sub):
                      "run_sft")
     _add_train_stage(sub, "reward", "train the reward model on the rank of the rationales (stage 3)", "reward",
                      "RewardConfig", "run_reward")
-    from .ppo.trainer import PPOConfig
+    from .ppo.config import PPOConfig
     from .reward import RerankConfig
 
     _add_data_stage(sub, "ppo", "PPO of the SFT model against the reward model (stage 4)", PPOConfig, "train",

@@ -126,7 +126,7 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str):
                                                                   "out": str(run / "reward"),
                                                                   "seed": config.seed})
     elif stage == "ppo":
-        from .ppo.trainer import PPOConfig
+        from .ppo.config import PPOConfig
 
         cfg = _section(config, "ppo", PPOConfig, {"run_dir": str(run), "sft_model": str(run / "sft" / "model"),
                                                   "reward_model": str(run / "reward" / "model"),

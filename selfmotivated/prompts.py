@@ -164,17 +164,16 @@ def build_prompt(example: Example, tokenizer, style: str = "zero_shot", exemplar
     if style == "few_shot" and hint is None:
         pairs = exemplars if isinstance(exemplars, list) else load_exemplars(exemplars, example, data_dir,
                                                                              num_exemplars)
+    # Zero-shot and hinted replies open with a cue to reason (Kojima et al.); few-shot exemplars show it.
+    start = templates.get("response_start", "") if (hint is not None or style == "zero_shot") else ""
     if use_chat(tokenizer, chat):
         messages = build_messages(example, style, pairs, hint=hint, templates=templates)
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    # Plain text: Kojima-style "Q: ...\nA:" with exemplars as earlier blocks, then a cue to reason.
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + start
+    # Plain text: "Q: ...\nA:" with exemplars as earlier blocks.
     blocks = [f"Q: {q}\nA: {a}" for q, a in pairs]
-    if hint is not None:
-        user = build_messages(example, hint=hint, templates=templates)[0]["content"]
-        blocks.append(f"Q: {user}\nA:")
-    elif style == "zero_shot":
-        user = build_messages(example, "zero_shot", templates=templates)[0]["content"]
-        blocks.append(f"Q: {user}\nA: Let's think step by step.")
+    if hint is not None or style == "zero_shot":
+        user = build_messages(example, style, hint=hint, templates=templates)[0]["content"]
+        blocks.append(f"Q: {user}\nA: {start}".rstrip())
     else:
         blocks.append(f"Q: {format_question(example)}\nA:")
     bos = tokenizer.bos_token if getattr(tokenizer, "bos_token", None) and _adds_bos(tokenizer) else ""

@@ -49,7 +49,7 @@ from .models import resolve_model
 from .training import (
     Loop, TrainConfig, TrainerState, add_lora, check_max_length, deal_eval, deal_steps, fingerprint, fit,
     hf_progress_bars_off, length_grouped_batches, make_accelerator, make_optimizer, make_scheduler,
-    prepare_out, read_jsonl, resolve_out, resume_state, save_model_folder, set_seed,
+    prepare_out, load_rows, resolve_out, resume_state, save_model_folder, set_seed,
     settings_of, split_by_group, write_json, write_run_record,
 )
 
@@ -112,21 +112,11 @@ class QuestionGroup:
 
 
 def load_pair_rows(config: RewardConfig) -> list[dict]:
-    if config.train_file:
-        rows = read_jsonl(config.train_file, required=PAIR_KEYS)
-    else:
-        from .rationales import load_pairs
+    from .rationales import load_pairs
 
-        rows = [dict(r) for r in load_pairs(config.run_dir)]
-        for i, row in enumerate(rows):
-            row.setdefault("_where", f"{config.run_dir} (pair {i})")
-            missing = [k for k in PAIR_KEYS if k not in row]
-            if missing:
-                raise ValueError(f"{row['_where']}: missing key(s) {missing}")
-    if not rows:
-        raise ValueError(f"no pairs in {config.train_file or config.run_dir}: a reward model needs questions with "
-                         "rationales in at least two tiers (e.g. a correct and a wrong one)")
-    return rows
+    return load_rows(config.train_file, config.run_dir, PAIR_KEYS, load_pairs, "pair",
+                     "a reward model needs questions with rationales in at least two tiers (e.g. a correct "
+                     "and a wrong one)")
 
 
 def group_pairs(rows: Sequence[dict]) -> list[QuestionGroup]:

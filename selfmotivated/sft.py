@@ -24,7 +24,7 @@ from pathlib import Path
 from .training import (
     Loop, TrainConfig, TrainerState, add_lora, check_max_length, deal_eval, deal_steps, fingerprint, fit,
     hf_progress_bars_off, length_grouped_batches, make_accelerator, make_optimizer,
-    make_scheduler, padding_fraction, prepare_out, read_jsonl, resolve_out, resume_state, save_model_folder,
+    make_scheduler, padding_fraction, prepare_out, load_rows, resolve_out, resume_state, save_model_folder,
     set_seed, settings_of, split_by_group, write_run_record,
 )
 
@@ -58,20 +58,10 @@ class SFTConfig(TrainConfig):
 
 def load_sft_rows(config: SFTConfig) -> list[dict]:
     """Rows with prompt/response (and question_id when known) from the run folder or the JSONL file."""
-    if config.train_file:
-        rows = read_jsonl(config.train_file, required=SFT_KEYS)
-    else:
-        from .rationales import load_sft_set
+    from .rationales import load_sft_set
 
-        rows = [dict(r) for r in load_sft_set(config.run_dir)]
-        for i, row in enumerate(rows):
-            row.setdefault("_where", f"{config.run_dir} (SFT row {i})")
-            missing = [k for k in SFT_KEYS if k not in row]
-            if missing:
-                raise ValueError(f"{row['_where']}: missing key(s) {missing}")
-    if not rows:
-        raise ValueError(f"no SFT rows in {config.train_file or config.run_dir}: nothing to train on (did the "
-                         "generation run produce any top-tier rationale?)")
+    rows = load_rows(config.train_file, config.run_dir, SFT_KEYS, load_sft_set, "SFT row",
+                     "nothing to train on (did the generation run produce any top-tier rationale?)")
     for row in rows:
         for key in SFT_KEYS:
             if not isinstance(row[key], str) or not row[key].strip():

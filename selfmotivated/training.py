@@ -196,6 +196,25 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
     return rows
 
 
+def load_rows(train_file: str | None, run_dir: str | None, required: Sequence[str],
+              from_run: Callable[[str], Sequence[dict]], what: str, empty_hint: str) -> list[dict]:
+    """Training rows from a JSONL file, or from a run folder through `from_run`. Every row carries
+    `_where` (file:line or run folder and index) for error messages; a missing key or no rows at all
+    is a ValueError naming the source."""
+    if train_file:
+        rows = read_jsonl(train_file, required=required)
+    else:
+        rows = [dict(r) for r in from_run(run_dir)]
+        for i, row in enumerate(rows):
+            row.setdefault("_where", f"{run_dir} ({what} {i})")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise ValueError(f"{row['_where']}: missing key(s) {missing}")
+    if not rows:
+        raise ValueError(f"no {what}s in {train_file or run_dir}: {empty_hint}")
+    return rows
+
+
 def fingerprint(items: Sequence) -> str:
     """A short hash of the training data as trained on (token ids), to refuse resuming on other data."""
     h = hashlib.sha256()

@@ -25,3 +25,23 @@ def tiny():
     from selfmotivated.tiny import build_tiny_model
 
     return build_tiny_model()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread when the cores are shared (modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A saved tiny-random model folder, shared by the training tests."""
+    from selfmotivated.tiny import save_tiny_random
+
+    return str(save_tiny_random(tmp_path_factory.mktemp("tiny") / "model"))

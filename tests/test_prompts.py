@@ -33,7 +33,12 @@ def test_zero_shot_asks_for_the_answer_line(tiny):
     text = build_prompt(NUMBER, tokenizer)
     assert text.startswith("<|im_start|>user\nWhat is 2 + 3?")
     assert '"The answer is X."' in text and "a number" in text
-    assert text.endswith("<|im_start|>assistant\n")
+    # The reply opens with a cue to reason; an empty response_start removes it.
+    assert text.endswith("<|im_start|>assistant\nLet's think step by step.")
+    templates = {**load_templates(), "response_start": ""}
+    assert build_prompt(NUMBER, tokenizer, templates=templates).endswith("<|im_start|>assistant\n")
+    hinted = build_prompt(NUMBER, tokenizer, hint="5")
+    assert hinted.endswith("<|im_start|>assistant\nLet's think step by step.")
 
 
 def test_few_shot_chat_uses_turns(tiny):

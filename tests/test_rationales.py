@@ -616,7 +616,10 @@ def test_export_round_trip(tmp_path, fmt):
     assert load_pairs(tmp_path / "out") == pairs
     for r in sft:
         assert r["tier"] == 3 and r["response"].endswith(f"The answer is {r['gold']}.")
-        assert not r["response"].startswith(" ")  # a chat prompt ends in a newline
+        # Joined to the prompt (which ends in the reply's opening cue) by exactly one space.
+        assert r["prompt"].endswith("step by step.") and r["response"].startswith(" ")
+        assert not r["response"].startswith("  ")
+        assert r["messages"][-1]["content"] == "Let's think step by step." + r["response"]
         assert r["prompt"].startswith("<|im_start|>user") and "Think step by step" in r["prompt"]
     for p in pairs:
         assert p["chosen_tier"] > p["rejected_tier"] and p["question_id"].startswith("coin-")

@@ -12,22 +12,11 @@ from selfmotivated.reward import (
     RerankConfig, RewardConfig, best_of_n, collate_groups, group_pairs, load_reward_model, load_scoring_backbone,
     pairwise_losses, question_mean, reward_scores, run_reward, run_rerank, score_texts, tokenize_groups,
 )
-from selfmotivated.tiny import save_tiny_random
 
 LEGS = {"spider": 8, "dog": 4, "bird": 2, "snake": 0, "ant": 6}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return str(save_tiny_random(tmp_path_factory.mktemp("tiny") / "model"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_legs_pairs(path, n=200, flip=False, seed=0):

@@ -7,21 +7,10 @@ import pytest
 import torch
 
 from selfmotivated.sft import SFTConfig, collate_sft, load_sft_rows, run_sft, sft_loss, tokenize_sft
-from selfmotivated.tiny import build_tiny_tokenizer, save_tiny_random
+from selfmotivated.tiny import build_tiny_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return str(save_tiny_random(tmp_path_factory.mktemp("tiny") / "model"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def prompt_of(question: str) -> str:

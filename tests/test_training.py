@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 
 from selfmotivated.reward import RewardConfig, run_reward
 from selfmotivated.sft import SFTConfig, run_sft
-from selfmotivated.tiny import save_tiny_random
 from selfmotivated.training import (
     checkpoint_dirs, deal_eval, deal_steps, length_grouped_batches, padding_fraction, split_by_group,
 )
@@ -24,17 +23,7 @@ from selfmotivated.training import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return str(save_tiny_random(tmp_path_factory.mktemp("tiny") / "model"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_sft(path, n=120, seed=0):

@@ -296,7 +296,10 @@ def run_generate(
                 "prompt": build_prompt(
                     ex, tokenizer, style="zero_shot", chat=config.chat, templates=templates
                 ),
-                "messages": build_messages(ex, "zero_shot", templates=templates),
+                # The reply's opening cue (if any) is a partial assistant message to continue.
+                "messages": build_messages(ex, "zero_shot", templates=templates) + (
+                    [{"role": "assistant", "content": templates["response_start"]}]
+                    if templates.get("response_start") else []),
             }
             for ex in examples
         )

@@ -309,6 +309,15 @@ def pair_record(question: dict, chosen: dict, rejected: dict) -> dict:
     }
 
 
+def _with_reply(messages: list[dict], response: str) -> list[dict]:
+    """Chat messages ending with the full reply; a partial assistant message (the reply's opening cue) is
+    continued rather than followed by a second assistant turn."""
+    if messages and messages[-1]["role"] == "assistant":
+        start = messages[-1]["content"]
+        return messages[:-1] + [{"role": "assistant", "content": start + after_prompt(start, response)}]
+    return messages + [{"role": "assistant", "content": response}]
+
+
 def sft_record(question: dict, row: dict) -> dict:
     from ..answers import format_answer_line
 
@@ -324,7 +333,7 @@ def sft_record(question: dict, row: dict) -> dict:
         "gold": question["gold"],
         "answer_type": question["answer_type"],
         "prompt": question["prompt"],
-        "messages": question["messages"] + [{"role": "assistant", "content": response}],
+        "messages": _with_reply(question["messages"], response),
         "response": after_prompt(question["prompt"], response),
         "kind": row["kind"],
         "tier": row["tier"],
