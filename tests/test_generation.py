@@ -363,7 +363,16 @@ def test_bench_generate_cli_json(capsys, baseline):
     assert result["baseline"] == baseline and result["num_prompts"] == 3
     assert result["speedup"] == pytest.approx(result["engine_tokens_per_s"] / result["hf_tokens_per_s"])
     assert result["shared_prefix_tokens"] > 0  # few-shot prompts share their exemplars
-    assert "speedup" in format_bench_result(result)
+    assert result["batch_size"] == 2 and result["engine_slots"] == 64  # the engine keeps its default width
+    assert "speedup" in format_bench_result(result) and "64 slots" in format_bench_result(result)
+
+
+def test_bench_engine_slots_zero_means_batch_size():
+    from selfmotivated.generation.bench import BenchGenerateConfig
+
+    assert BenchGenerateConfig(batch_size=8, engine_slots=0).engine_slots == 8
+    with pytest.raises(ValueError, match="engine_slots"):
+        BenchGenerateConfig(engine_slots=-1)
 
 
 # ---------------------------------------------------------------------------------------------
