@@ -232,6 +232,21 @@ def test_outcomes_and_default_tiers_for_every_kind():
     assert statuses[13] == statuses[14] == "excluded"
 
 
+def test_a_response_with_no_answer_is_kept_as_written_and_an_empty_one_is_excluded():
+    q = question(gold="12")
+    rows = [
+        row(1, "free", "Half of 24 is 12. The answer is 12.", "12", "12"),
+        row(2, "free", "\n\nThe answer is X.", None, "12"),  # a placeholder answer line: a real bad response
+        row(3, "free", "  \n", None, "12"),  # nothing at all
+    ]
+    result = rank_all({"q": q}, rows, RankConfig(max_pairs_per_question=None))
+    annotated = {r["rid"]: r for r in result["per_question"]["q"]["all"]}
+    assert annotated[2]["status"] == "ranked" and annotated[2]["response"] == "The answer is X."
+    assert annotated[3]["status"] == "excluded"
+    assert [(p["chosen_id"], p["rejected_id"]) for p in result["pairs"]] == [(1, 2)]
+    assert all(p["chosen"].strip() and p["rejected"].strip() for p in result["pairs"])
+
+
 def test_duplicates_count_once_and_keep_the_best_copy():
     q = question(gold="12")
     rows = [

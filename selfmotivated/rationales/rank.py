@@ -215,7 +215,10 @@ def normalize_text(text: str) -> str:
 
 
 def response_of(row: dict, answer_type: str) -> str:
-    """A rationale in training format: its body plus our final-answer line for the answer it states."""
+    """A rationale in training format: its body plus our final-answer line for the answer it states. With
+    no answer to render, the text as written ("The answer is X." alone is a real, bad response)."""
+    if row["answer"] is None:
+        return row["text"].strip()
     body, _ = split_answer_line(row["text"])
     return render_response(body, row["answer"], answer_type)
 
@@ -229,7 +232,7 @@ def rank_question(question: dict, rows: list[dict], config: RankConfig) -> dict:
 
     Returns {"all": every row annotated (outcome, tier, status), "ranked": the kept rows in rank order
     (tier high to low, then storage order), "n_duplicates", "n_leaks_filtered", "n_excluded"}.
-    status is "ranked", "excluded" (no tier), "leak" (filtered) or "duplicate".
+    status is "ranked", "excluded" (no tier, or an empty response), "leak" (filtered) or "duplicate".
     """
     gold, answer_type = question["gold"], question["answer_type"]
     annotated = []
@@ -246,7 +249,7 @@ def rank_question(question: dict, rows: list[dict], config: RankConfig) -> dict:
             }
         )
     for row in annotated:
-        if row["tier"] is None:
+        if row["tier"] is None or not row["response"].strip():  # an empty response teaches nothing
             row["status"] = "excluded"
         elif row["leak"] and config.filter_leaks:
             row["status"] = "leak"
