@@ -343,7 +343,6 @@ def evaluate_pairs(model, items: Sequence[dict], batches: Sequence[list[int]], a
 def load_scoring_backbone(name_or_path: str, trust_remote_code: bool = False, dtype: str = "float32"):
     """(model, tokenizer): a sequence-classification model (num_labels=1) from a causal LM: its LM head is
     dropped and a new score head added. An adapter folder (a LoRA SFT) is merged into its base first."""
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .models import _pick_dtype

@@ -324,7 +324,7 @@ def test_load_saved_folder(cache, tmp_path):
     source, source_tok = build_tiny_model(seed=5)
     source_tok.pad_token = None  # many base tokenizers ship without one
     folder = save_model(source, source_tok, tmp_path / "m")
-    model, tokenizer = load_model(str(folder))
+    model, tokenizer = load_model(str(folder), device="cpu")
     assert not model.training
     assert model.dtype == torch.float32 and model.device.type == "cpu"
     assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
@@ -361,18 +361,18 @@ def test_load_from_config(cache):
 def test_lora_adapter_round_trip(cache, tmp_path):
     base_dir = save_tiny_random(tmp_path / "base")
     adapted = make_lora(base_dir, tmp_path / "adapter")
-    base_model, tokenizer = load_model(str(base_dir))
+    base_model, tokenizer = load_model(str(base_dir), device="cpu")
     expected = logits_of(adapted, tokenizer)
     assert not torch.allclose(expected, logits_of(base_model, tokenizer), atol=1e-4)
 
-    with_adapter, _ = load_model(str(base_dir), adapter=str(tmp_path / "adapter"))
-    adapter_alone, _ = load_model(str(tmp_path / "adapter"))  # base found via base_model_name_or_path
+    with_adapter, _ = load_model(str(base_dir), adapter=str(tmp_path / "adapter"), device="cpu")
+    adapter_alone, _ = load_model(str(tmp_path / "adapter"), device="cpu")  # base found via base_model_name_or_path
     for model in (with_adapter, adapter_alone):
         assert not model.training
         assert model_info(model)["has_adapter"] and model_info(model)["trainable_parameters"] == 0
         torch.testing.assert_close(logits_of(model, tokenizer), expected)
 
-    trainable, _ = load_model(str(base_dir), adapter=str(tmp_path / "adapter"), for_training=True)
+    trainable, _ = load_model(str(base_dir), adapter=str(tmp_path / "adapter"), for_training=True, device="cpu")
     names = [n for n, p in trainable.named_parameters() if p.requires_grad]
     assert trainable.training and names and all("lora_" in n for n in names)
 
@@ -380,7 +380,7 @@ def test_lora_adapter_round_trip(cache, tmp_path):
 def test_adapter_with_known_base_name(cache, tmp_path):
     base_dir = Path(resolve_model("tiny-random"))
     adapted = make_lora(base_dir, tmp_path / "adapter", base_name="tiny-random")
-    model, tokenizer = load_model(str(tmp_path / "adapter"))
+    model, tokenizer = load_model(str(tmp_path / "adapter"), device="cpu")
     torch.testing.assert_close(logits_of(model, tokenizer), logits_of(adapted, tokenizer))
 
 

@@ -436,6 +436,7 @@ def test_run_ppo_end_to_end(tiny_run_folders, tmp_path):
         eval_limit=2,
         save_steps=1,
         progress=False,
+        cpu=True,  # fp32: the merged and adapter policies below must agree to 1e-5 (bf16 on a GPU rounds)
         data=DataConfig(dataset="synthetic_coin_flip", split="train", n_train=8, n_test=4),
     )
     summary = run_ppo(config)
@@ -516,7 +517,7 @@ def test_two_cpu_processes_split_rollouts_and_stay_in_sync(tiny_run_folders, tmp
     script.write_text(textwrap.dedent(DISTRIBUTED_SCRIPT))
     out = tmp_path / "out"
     accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU processes, also on a GPU machine
     # accelerate starts several processes only through its multi-GPU launcher (torchrun); without a GPU
     # each process runs on the CPU and torch.distributed uses gloo.
     with socket.socket() as s:

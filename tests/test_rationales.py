@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -339,7 +340,7 @@ def test_pairs_every_higher_lower_pair_no_ties_seeded_cap():
 def test_tier_rules_override_and_sft_set():
     q = question(gold="12")
     rows = [
-        row(1, "free", "Twelve eggs. The answer is 12.", "12", "9"),  # unsupported
+        row(1, "free", "A dozen is twelve eggs. The answer is 12.", "12", "9"),  # unsupported
         row(2, "wrong", "Seven. The answer is 7.", "7", "12", target="7"),  # reaches_gold
         row(3, "free", "Nine. The answer is 9.", "9", "9"),
     ]
@@ -359,10 +360,53 @@ def test_tier_rules_override_and_sft_set():
     custom = rank_all({"q": q}, rows, RankConfig(tier_rules="free/unsupported=3"))
     (sft,) = custom["sft"]
     # The plain-text prompt "<Q> How many? <A>" is continued after a space; the chat message has none.
-    assert sft["response"] == " Twelve eggs. The answer is 12." and sft["prompt"] == q["prompt"]
-    assert sft["messages"][-1] == {"role": "assistant", "content": "Twelve eggs. The answer is 12."}
+    assert sft["response"] == " A dozen is twelve eggs. The answer is 12." and sft["prompt"] == q["prompt"]
+    assert sft["messages"][-1] == {"role": "assistant", "content": "A dozen is twelve eggs. The answer is 12."}
     assert parse_tier_rules("wrong/consistent=none")["wrong/consistent"] is None
     assert parse_tier_rules(None) == DEFAULT_TIERS
+
+
+def test_sft_set_leaves_out_answer_only_rationales():
+    q = question(gold="12")
+    rows = [
+        row(1, "free", "The answer is 12.", "12", "12"),  # no reasoning at all
+        row(2, "free", "Twelve. The answer is 12.", "12", "12"),  # one word of it
+        row(3, "free", "Half of 24 eggs is 12 eggs. The answer is 12.", "12", "12"),
+    ]
+    default = rank_all({"q": q}, rows, RankConfig())
+    assert [r["rationale_id"] for r in default["sft"]] == [3]
+    assert [r["rationale_id"] for r in default["per_question"]["q"]["sft"]] == [3]
+    # Still ranked and paired: only the SFT set is filtered.
+    assert {r["rid"]: r["tier"] for r in default["per_question"]["q"]["all"]} == {1: 3, 2: 3, 3: 3}
+    everything = rank_all({"q": q}, rows, RankConfig(sft_min_body_words=0))
+    assert sorted(r["rationale_id"] for r in everything["sft"]) == [1, 2, 3]
+    with pytest.raises(ValueError, match="sft_min_body_words"):
+        RankConfig(sft_min_body_words=-1)
+
+
+def test_sft_balance_answers_evens_out_yes_and_no():
+    reasoning = "The coin was flipped twice so it is back where it started."
+    questions, rows, rid = {}, [], 0
+    for i, gold in enumerate(["yes"] * 6 + ["no"] * 2):
+        qid = f"q{i}"
+        questions[qid] = question(qid=qid, gold=gold, answer_type="yes_no")
+        for take in ("First", "Second"):
+            rid += 1
+            rows.append(row(rid, "free", f"{take} try. {reasoning} The answer is {gold}.", gold, gold, qid=qid))
+    plain = rank_all(questions, rows, RankConfig())
+    assert Counter(r["gold"] for r in plain["sft"]) == {"yes": 12, "no": 4}
+    balanced = [rank_all(questions, rows, RankConfig(sft_balance_answers=True, pair_seed=s)) for s in (0, 0, 1)]
+    assert Counter(r["gold"] for r in balanced[0]["sft"]) == {"yes": 4, "no": 4}
+    assert balanced[0]["sft"] == balanced[1]["sft"]  # seeded
+    assert balanced[0]["sft"] != balanced[2]["sft"]
+    per_question = sum(len(res["sft"]) for res in balanced[0]["per_question"].values())
+    assert per_question == 8 and len(balanced[0]["pairs"]) == len(plain["pairs"])
+    # Numbers are not categorical: nothing to balance.
+    numbers = {"a": question(qid="a", gold="3"), "b": question(qid="b", gold="4")}
+    number_rows = [row(1, "free", f"{reasoning} The answer is 3.", "3", "3", qid="a"),
+                   row(2, "free", f"So: {reasoning} The answer is 3.", "3", "3", qid="a"),
+                   row(3, "free", f"{reasoning} The answer is 4.", "4", "4", qid="b")]
+    assert len(rank_all(numbers, number_rows, RankConfig(sft_balance_answers=True))["sft"]) == 3
 
 
 # --------------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def make_store(run: Path) -> None:
             answers = [gold, wrong] if i < 2 else [wrong, wrong]  # question 2 has no right rationale, no pair
             store.add_group([
                 {"question_id": f"coin-{i}", "kind": "free", "target": "", "sample_index": k,
-                 "fingerprint": "fp0", "text": f"Reasoning {k} for {i}. The answer is {a}.",
+                 "fingerprint": "fp0", "text": f"Reasoning number {k} for question {i}. The answer is {a}.",
                  "finish_reason": "stop", "n_tokens": 12, "answer": a, "forced_text": None, "forced": None,
                  "leak": False, "params": {"temperature": 0.7}} for k, a in enumerate(answers)])
 

@@ -191,7 +191,7 @@ def test_two_process_accelerate_launch_matches_one_process(tiny_dir, tmp_path):
            "reward": {**reward, "out": str(tmp_path / "two" / "reward")}}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     (tmp_path / "launched.py").write_text(LAUNCHED)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU processes, also on a GPU machine
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
            str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(_free_port()),
            str(tmp_path / "launched.py"), str(tmp_path / "cfg.json"), str(tmp_path / "result.json")]

@@ -104,8 +104,25 @@ class RankConfig:
         },
     )
 
+    sft_min_body_words: int = field(
+        default=5,
+        metadata={
+            "help": "leave top-tier rationales whose reasoning (the text before the answer line) has fewer "
+            "words out of the SFT set: they teach the model to answer without reasoning (0 keeps all)"
+        },
+    )
+    sft_balance_answers: bool = field(
+        default=False,
+        metadata={
+            "help": "for yes/no and multiple-choice datasets, keep as many SFT rows of each gold answer as "
+            "the rarest one has (a seeded subsample), so SFT does not teach the majority answer"
+        },
+    )
+
     def __post_init__(self):
         self.tiers = parse_tier_rules(self.tier_rules)  # raises on a bad rule
+        if self.sft_min_body_words < 0:
+            raise ValueError(f"sft_min_body_words must be >= 0, got {self.sft_min_body_words}")
         if self.max_pairs_per_question is not None and self.max_pairs_per_question < 0:
             raise ValueError(
                 f"max_pairs_per_question must be >= 0 or empty, got {self.max_pairs_per_question}"
@@ -355,14 +372,41 @@ def rank_all(questions: dict[str, dict], rows: list[dict], config: RankConfig) -
     for qid, question in questions.items():
         result = rank_question(question, by_question.get(qid, []), config)
         result["pairs"], result["n_pairs_uncapped"] = question_pairs(question, result["ranked"], config)
-        best = [r for r in result["ranked"] if r["tier"] == top]
+        best = [
+            r for r in result["ranked"] if r["tier"] == top and body_words(r["text"]) >= config.sft_min_body_words
+        ]
         if config.sft_max_per_question is not None:
             best = best[: config.sft_max_per_question]
         result["sft"] = [sft_record(question, r) for r in best]
         per_question[qid] = result
         sft += result["sft"]
         pairs += result["pairs"]
+    if config.sft_balance_answers:
+        sft = balance_answers(sft, config.pair_seed)
+        kept = {row["rationale_id"] for row in sft}
+        for result in per_question.values():
+            result["sft"] = [row for row in result["sft"] if row["rationale_id"] in kept]
     return {"per_question": per_question, "sft": sft, "pairs": pairs}
+
+
+def body_words(text: str) -> int:
+    """Words of a rationale's reasoning, the final answer line left out."""
+    return len(split_answer_line(text)[0].split())
+
+
+def balance_answers(rows: list[dict], seed: int) -> list[dict]:
+    """Rows of categorical answers (yes/no, choices) subsampled to the count of the rarest gold answer,
+    seeded, in the original order. Numeric and free-text answers, or a single answer value, stay as they are."""
+    by_answer: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_answer[str(row["gold"]).strip().lower()].append(i)
+    categorical = rows and all(row["answer_type"] in ("yes_no", "choice") for row in rows)
+    if not categorical or len(by_answer) < 2:
+        return rows
+    n = min(len(ix) for ix in by_answer.values())
+    rng = random.Random(stable_seed("sft-balance", seed, n))
+    keep = sorted(i for ix in by_answer.values() for i in rng.sample(ix, n))
+    return [rows[i] for i in keep]
 
 
 def compute_stats(questions: dict[str, dict], ranking: dict, config: RankConfig) -> dict:
