@@ -179,7 +179,10 @@ def run_bench_train(config: BenchTrainConfig) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     sizes = [int(s) for s in config.matmul_sizes.split(",") if s.strip()]
+    from .training import reset_single_process_state
+
     # The CPU path (fp32 against an fp32 matmul peak), also on a machine that has a GPU.
+    reset_single_process_state()
     accelerator = Accelerator(cpu=True, step_scheduler_with_optimizer=False)
     # The peak is measured before each mode and at the end; the best of them is the denominator, so other
     # load on the machine during one measurement can only make our fractions look worse, never better.

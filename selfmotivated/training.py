@@ -323,8 +323,23 @@ def make_accelerator(config: TrainConfig):
             mp = "no"
     # Without a GPU, accelerate sets up torch.distributed (gloo) for several processes only when told cpu=True.
     cpu = config.cpu or not torch.cuda.is_available()
+    reset_single_process_state()
     # The scheduler is stepped once per optimizer step (accelerate would otherwise step it once per process).
     return Accelerator(mixed_precision=mp, cpu=cpu, step_scheduler_with_optimizer=False)
+
+
+def reset_single_process_state() -> None:
+    """Forget accelerate's process-wide state before a new stage, in a single process only.
+
+    accelerate keeps one device and precision per process and refuses a later Accelerator that asks for
+    another; one process that runs several stages (`sml run`, a notebook, a test session) may need a
+    different one per stage (a CPU stage after a GPU one, fp32 after bf16). Under `accelerate launch` the
+    state holds the process group and stays.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    if AcceleratorState._shared_state and PartialState._shared_state.get("num_processes", 1) == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def add_lora(model, config: TrainConfig, task_type: str, modules_to_save: list[str] | None = None):

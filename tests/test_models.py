@@ -255,7 +255,7 @@ def test_convert_gguf_reproduces_the_source_model(tiny_gguf, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config
     assert (out / "model.safetensors").is_file()
-    model, tokenizer = load_model(str(out))
+    model, tokenizer = load_model(str(out), device="cpu")
     assert model.dtype == torch.float32
     # Same token ids and (float32 GGUF, so exactly) the same logits: Q/K un-permuted correctly.
     assert tokenizer(PROMPT)["input_ids"] == source_tok(PROMPT)["input_ids"]
@@ -288,7 +288,7 @@ def test_default_model_from_local_gguf(cache, tiny_gguf, monkeypatch):
     path = Path(resolve_model(DEFAULT_MODEL))
     assert path == cache / "models" / DEFAULT_MODEL
     assert sorted(p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")) == [DEFAULT_MODEL]
-    model, tokenizer = load_model(DEFAULT_MODEL)
+    model, tokenizer = load_model(DEFAULT_MODEL, device="cpu")
     assert torch.equal(logits_of(model, tokenizer), logits_of(source, source_tok))
     # Converted once: a second resolve must not convert again.
     monkeypatch.setattr(models, "convert_gguf_to_pretrained", lambda *a: pytest.fail("converted twice"))

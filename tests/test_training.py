@@ -200,8 +200,9 @@ def test_two_process_accelerate_launch_matches_one_process(tiny_dir, tmp_path):
     two = json.loads((tmp_path / "result.json").read_text())
     assert two["processes"] == 2
 
-    one_sft = run_sft(SFTConfig(out=str(tmp_path / "one" / "sft"), grad_accum=2, **sft))
-    one_reward = run_reward(RewardConfig(out=str(tmp_path / "one" / "reward"), grad_accum=2, **reward))
+    # The one-process reference runs on the CPU too (on a GPU machine it would otherwise take the GPU).
+    one_sft = run_sft(SFTConfig(out=str(tmp_path / "one" / "sft"), grad_accum=2, cpu=True, **sft))
+    one_reward = run_reward(RewardConfig(out=str(tmp_path / "one" / "reward"), grad_accum=2, cpu=True, **reward))
     assert two["sft"]["steps"] == one_sft["steps"] and two["sft"]["train_tokens"] == one_sft["train_tokens"]
     assert two["sft"]["val_loss_final"] == pytest.approx(one_sft["val_loss_final"], rel=1e-4)
     assert two["sft"]["val_loss_final"] < 0.8 * two["sft"]["val_loss_start"]
@@ -214,6 +215,21 @@ def test_two_process_accelerate_launch_matches_one_process(tiny_dir, tmp_path):
             assert torch.allclose(a[k], b[k], atol=1e-5), (stage, k)
     record = json.loads((tmp_path / "two" / "sft" / "run.json").read_text())
     assert record["distributed"]["num_processes"] == 2
+
+
+def test_stages_in_one_process_may_change_precision_and_device():
+    """accelerate refuses a second Accelerator with another precision in the same process; `sml run` runs
+    stages with their own settings one after another, so each stage starts from a fresh state."""
+    from types import SimpleNamespace
+
+    from selfmotivated.training import make_accelerator
+
+    first = make_accelerator(SimpleNamespace(mixed_precision="no", cpu=True))
+    assert first.mixed_precision == "no"
+    second = make_accelerator(SimpleNamespace(mixed_precision="bf16", cpu=True))
+    assert second.mixed_precision == "bf16" and second.device.type == "cpu"
+    third = make_accelerator(SimpleNamespace(mixed_precision="no", cpu=True))
+    assert third.mixed_precision == "no"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -771,6 +771,9 @@ def build_trainer(
             "with RUN_DIR/reward/model"
         )
     # Without a GPU, accelerate sets up torch.distributed (gloo) for several processes only when told cpu=True.
+    from ..training import reset_single_process_state
+
+    reset_single_process_state()
     accelerator = Accelerator(cpu=config.cpu or not torch.cuda.is_available())
     settings = {k: v for k, v in asdict(config).items() if k != "iterations"}  # a run may be extended
     resume_from = prepare_out(out, settings, config.resume, accelerator)
