@@ -143,6 +143,8 @@ def _add_run(sub):
     p.add_argument("--data-dir", help="folder of the shared datasets (or SML_DATA_DIR)")
     p.add_argument("--from", dest="from_stage", choices=STAGES, help="rerun from this stage on")
     p.add_argument("--until", choices=STAGES, help="stop after this stage")
+    p.add_argument("--rounds", type=int, help="rounds of the method (overrides the config's `rounds`): round r "
+                                             "regenerates rationales with round r-1's SML model")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_pipeline)
 
@@ -152,17 +154,20 @@ def _run_pipeline(args):
 
     from .pipeline import load_pipeline_config, run_pipeline, smoke_config
 
-    config = load_pipeline_config(args.config, {"data_dir": args.data_dir})
+    config = load_pipeline_config(args.config, {"data_dir": args.data_dir, "rounds": args.rounds})
     if args.model == "tiny-random":
         config = smoke_config(config)
     elif args.model:
         config.model = args.model
     out = args.out or str(Path("runs") / Path(args.config).stem)
     summary = run_pipeline(config, out, from_stage=args.from_stage, until=args.until)
+    models = dict(summary["models"])  # round 1; later rounds' models as <model>_round<r>
+    for later in (summary.get("rounds") or [])[1:]:
+        models.update({f"{key}_round{later['round']}": v for key, v in later["models"].items()})
     if args.json:
-        print(json.dumps(summary["models"], indent=2))
+        print(json.dumps(models, indent=2))
         return
-    for key, per_dataset in summary["models"].items():
+    for key, per_dataset in models.items():
         for ds, m in per_dataset.items():
             print(f"{key:<15} {ds:<28} accuracy {m['accuracy']:.3f} (n={m['n']}, "
                   f"95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f})")

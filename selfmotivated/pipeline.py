@@ -9,6 +9,10 @@ and of the stages it reads. A rerun skips stages whose fingerprint is unchanged,
 changed and every stage after it (the stale output is moved aside to RUN/stale/, never deleted), and resumes an
 interrupted stage (each stage resumes from its own checkpoints). Fingerprints name folders relative to the
 run folder, so a run folder copied to another machine resumes there.
+
+With `rounds: N` the method repeats: round r (RUN/round-<r>/, same layout, no baseline) generates rationales
+with round r-1's SML model and trains from it. Each round's fingerprints chain to the round before, so a
+change in round 1 reruns every later round.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ class PipelineConfig:
     few_shot_baseline: bool = field(default=True, metadata={"help": "also evaluate the base model few-shot"})
     best_of_n: int = field(default=4, metadata={"help": "best-of-N with the reward model after PPO (0: skip)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
+    rounds: int = field(default=1, metadata={
+        "help": "rounds of the method: round r > 1 regenerates rationales with round r-1's SML model, then "
+                "runs rank, SFT (from that model), reward model, PPO and evaluation again in RUN/round-<r>"})
     report: bool = field(default=True, metadata={"help": "write report.md/report.html at the end"})
     # Per-stage settings: keys of each stage's config dataclass (checked when the config is loaded).
     data: dict = field(default_factory=dict, metadata={"help": "DataConfig keys for the dataset (fields, sizes)"})
@@ -61,6 +68,8 @@ class PipelineConfig:
         self.eval_datasets = tuple(self.eval_datasets) or (self.dataset,)
         if self.best_of_n < 0:
             raise ValueError(f"best_of_n must be >= 0, got {self.best_of_n}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         # Build every stage config once now, so a bad key fails before hours of work, naming the section.
         for section in SECTIONS:
             if not isinstance(getattr(self, section), dict):
@@ -87,9 +96,13 @@ def _data(config: PipelineConfig, dataset: str, split: str, limit: int | None) -
                                      "split": split, "limit": limit}, "data")
 
 
-def stage_configs(config: PipelineConfig, run: Path, stage: str):
-    """(label, config object) pairs a stage runs, with every path inside `run`."""
+def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1):
+    """(label, config object) pairs a stage runs, with every path inside `run`. From round 2 on the base
+    model is round r-1's SML model and the baseline is not evaluated again."""
     from .evaluate import EvalConfig
+
+    if round_ > 1 and stage == "baseline":
+        return
 
     def eval_config(model: str, key: str, dataset: str, prompt: str = "zero_shot"):
         base = {"model": model, "out": str(run / "eval" / key / dataset), "prompt": prompt, "progress": True}
@@ -158,7 +171,8 @@ def policy_dir(run: Path) -> Path:
 
 
 def _fingerprint(stage: str, configs: list[tuple[str, object]], run: Path, upstream: str) -> str:
-    """Hash of a stage's settings with run-folder paths made relative, chained to the stages before it."""
+    """Hash of a stage's settings with paths inside `run` (the top run folder, also for later rounds) made
+    relative, chained to the stages before it."""
     def relative(value):
         if isinstance(value, str) and value.startswith(str(run)):
             return "RUN" + value[len(str(run)):]
@@ -238,9 +252,22 @@ def _run_one(stage: str, label: str, cfg, run: Path) -> dict:
     raise ValueError(f"unknown stage {stage!r}")
 
 
+def round_dir(run: Path, round_: int) -> Path:
+    """Where round `round_` lives: the run folder itself for round 1, RUN/round-<r> after."""
+    return run if round_ == 1 else run / f"round-{round_}"
+
+
+def round_config(config: PipelineConfig, run: Path, round_: int) -> PipelineConfig:
+    """Round r's settings: round 1's, with round r-1's SML model as the model that generates and is trained."""
+    if round_ == 1:
+        return config
+    return dataclasses.replace(config, model=str(policy_dir(round_dir(run, round_ - 1))), few_shot_baseline=False)
+
+
 def run_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | None = None,
                  until: str | None = None) -> dict:
-    """Run (or resume) every stage into `out`; returns the summary."""
+    """Run (or resume) every stage of every round into `out`; returns the summary of round 1 (with the
+    later rounds' models under "rounds")."""
     for name, value in (("--from", from_stage), ("--until", until)):
         if value is not None and value not in STAGES:
             raise ValueError(f"{name} {value!r} is not a stage; stages: {', '.join(STAGES)}")
@@ -248,15 +275,55 @@ def run_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | None
     run.mkdir(parents=True, exist_ok=True)
     import yaml
 
-    (run / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-    record_path = run / "stages.json"
+    # A later round needs the whole round before it: with --until only round 1 runs.
+    rounds = config.rounds if until is None else 1
+    upstream, forced, summaries = "", False, []
+    for round_ in range(1, rounds + 1):
+        where, settings = round_dir(run, round_), round_config(config, run, round_)
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(settings), sort_keys=False))
+        upstream, forced = _run_round(settings, run, where, round_, upstream, forced, from_stage, until)
+        summaries.append(write_summary(settings, where, _read_json(where / "stages.json")))
+    summary = summaries[0]
+    if rounds > 1:
+        summary["rounds"] = [{"round": r, "run": str(round_dir(run, r)), "models": s["models"]}
+                             for r, s in enumerate(summaries, start=1)]
+        _write_json(run / "summary.json", summary)
+    if config.report and until is None:
+        try:
+            from .report import make_report
+
+            for round_ in range(1, rounds + 1):
+                make_report([str(round_dir(run, round_))])
+            if rounds > 1:  # the rounds side by side
+                make_report([str(round_dir(run, r)) for r in range(1, rounds + 1)], out=str(run / "rounds"))
+        except ImportError:  # the report module is optional while it is being built
+            pass
+    return summary
+
+
+def round_plan(config: PipelineConfig, run: Path, round_: int, upstream: str) -> dict[str, tuple[list, str]]:
+    """stage -> (its (label, config) pairs, its fingerprint) for one round, chained from `upstream` (the
+    fingerprint of the last stage before this round; "" for round 1). `config` is the round's own."""
+    plan = {}
+    for stage in STAGES:
+        configs = list(stage_configs(config, round_dir(run, round_), stage, round_))
+        upstream = _fingerprint(stage, configs, run, upstream)
+        plan[stage] = (configs, upstream)
+    return plan
+
+
+def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upstream: str, forced: bool,
+               from_stage: str | None, until: str | None) -> tuple[str, bool]:
+    """The stages of one round into `where` (recorded in where/stages.json); returns the last fingerprint
+    (the next round chains to it) and whether --from has forced reruns."""
+    record_path = where / "stages.json"
     record = _read_json(record_path)
-    upstream = ""
-    forced = False
     last = STAGES.index(until) if until else len(STAGES) - 1
+    name = f"round {round_} " if config.rounds > 1 else ""
+    planned = round_plan(config, run, round_, upstream)
     for index, stage in enumerate(STAGES[: last + 1]):
-        configs = list(stage_configs(config, run, stage))
-        fingerprint = _fingerprint(stage, configs, run, upstream)
+        configs, fingerprint = planned[stage]
         upstream = fingerprint
         forced = forced or stage == from_stage
         before = record.get(stage, {})
@@ -264,29 +331,22 @@ def run_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | None
             record[stage] = {"status": "skipped", "fingerprint": fingerprint}
             continue
         if before.get("status") == "done" and before.get("fingerprint") == fingerprint and not forced:
-            log.info("[%d/%d] %s: done before, skipped", index + 1, len(STAGES), stage)
+            log.info("%s[%d/%d] %s: done before, skipped", name, index + 1, len(STAGES), stage)
             continue
         if before.get("fingerprint") not in (None, fingerprint) or (forced and before):
-            _move_aside(run, _stage_outputs(run, stage, configs), stage)
-        log.info("[%d/%d] %s: %s", index + 1, len(STAGES), stage,
+            _move_aside(where, _stage_outputs(where, stage, configs), stage)
+        log.info("%s[%d/%d] %s: %s", name, index + 1, len(STAGES), stage,
                  "resuming" if before.get("status") == "running" else "running")
         record[stage] = {"status": "running", "fingerprint": fingerprint, "started": time.time()}
         _write_json(record_path, record)
         start = time.perf_counter()
-        results = {label: _run_one(stage, label, cfg, run) for label, cfg in configs}
+        results = {label: _run_one(stage, label, cfg, where) for label, cfg in configs}
         record[stage] = {"status": "done", "fingerprint": fingerprint,
                          "seconds": round(time.perf_counter() - start, 1)}
         _write_json(record_path, record)
-        _write_json(run / f"{stage}_result.json", results)
-    summary = write_summary(config, run, record)
-    if config.report and until is None:
-        try:
-            from .report import make_report
-
-            make_report([str(run)])
-        except ImportError:  # the report module is optional while it is being built
-            pass
-    return summary
+        _write_json(where / f"{stage}_result.json", results)
+    _write_json(record_path, record)
+    return upstream, forced
 
 
 def write_summary(config: PipelineConfig, run: Path, record: dict) -> dict:

@@ -67,6 +67,47 @@ def test_changed_setting_reruns_that_stage_and_later(tmp_path, smoke_run):
     assert any(p.name.startswith("reward-") for p in stale)  # old output moved aside, not deleted
 
 
+def test_second_round_starts_from_the_first_rounds_sml_model(tmp_path, smoke_run):
+    import dataclasses
+    import shutil
+
+    first, config, _ = smoke_run
+    run = tmp_path / "run"
+    shutil.copytree(first, run)  # round 1 is done (and a copied run folder resumes)
+    summary = run_pipeline(dataclasses.replace(config, rounds=2), run)
+
+    assert all(v["status"] == "done" for v in stages(run).values())  # round 1 was not rerun
+    two = run / "round-2"
+    assert stages(two)["baseline"]["status"] == "skipped"
+    assert [s for s in STAGES[1:] if stages(two)[s]["status"] == "done"] == list(STAGES[1:])
+    settings = yaml.safe_load((two / "config.yaml").read_text())
+    assert settings["model"] == str((run / "ppo" / "policy").resolve())
+    assert (two / "rationales.sqlite").exists() and (two / "ppo" / "policy" / "config.json").exists()
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert set(summary["rounds"][1]["models"]) == {"sft", "sml", "sml_best_of_n"}
+    assert json.loads((run / "summary.json").read_text())["rounds"][1]["models"] == summary["rounds"][1]["models"]
+
+    # Round 2 chains to round 1: a changed round-1 setting reruns that stage and every stage of round 2.
+    from selfmotivated.pipeline import round_config, round_plan
+
+    def plans(settings):
+        one = round_plan(settings, run, 1, "")
+        return one, round_plan(round_config(settings, run, 2), run, 2, one["best_of_n"][1])
+
+    one, second = plans(dataclasses.replace(config, rounds=2))
+    assert {s: fp for s, (_, fp) in second.items()} == {s: stages(two)[s]["fingerprint"] for s in STAGES}
+    changed_one, changed_two = plans(dataclasses.replace(config, rounds=2, ppo={**config.ppo, "learning_rate": 1e-3}))
+    assert changed_one["reward"][1] == one["reward"][1] and changed_one["ppo"][1] != one["ppo"][1]
+    assert all(changed_two[s][1] != second[s][1] for s in STAGES)
+
+
+def test_rounds_must_be_positive(tmp_path, capsys):
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        smoke_config(load_pipeline_config(DEMO, {"rounds": 0}))
+    assert main(["run", str(DEMO), "--model", "tiny-random", "--rounds", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "rounds must be >= 1" in capsys.readouterr().err
+
+
 def test_interrupted_stage_resumes(tmp_path, monkeypatch):
     from selfmotivated import pipeline
 
