@@ -74,7 +74,7 @@ def test_second_round_starts_from_the_first_rounds_sml_model(tmp_path, smoke_run
     first, config, _ = smoke_run
     run = tmp_path / "run"
     shutil.copytree(first, run)  # round 1 is done (and a copied run folder resumes)
-    summary = run_pipeline(dataclasses.replace(config, rounds=2), run)
+    summary = run_pipeline(dataclasses.replace(config, rounds=2, report=True), run)
 
     assert all(v["status"] == "done" for v in stages(run).values())  # round 1 was not rerun
     two = run / "round-2"
@@ -86,6 +86,9 @@ def test_second_round_starts_from_the_first_rounds_sml_model(tmp_path, smoke_run
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     assert set(summary["rounds"][1]["models"]) == {"sft", "sml", "sml_best_of_n"}
     assert json.loads((run / "summary.json").read_text())["rounds"][1]["models"] == summary["rounds"][1]["models"]
+    assert (two / "report.html").exists() and (run / "report.html").exists()
+    side_by_side = (run / "rounds" / "report.md").read_text()
+    assert "round-2" in side_by_side
 
     # Round 2 chains to round 1: a changed round-1 setting reruns that stage and every stage of round 2.
     from selfmotivated.pipeline import round_config, round_plan
