@@ -33,6 +33,9 @@ from .data import DataConfig
 log = logging.getLogger(__name__)
 
 STAGES = ("baseline", "generate", "rank", "sft", "reward", "ppo", "evaluate", "best_of_n")
+# Stages that only measure a model: no later stage reads their output, so their settings (the test subset,
+# say) stay out of the fingerprint chain, and evaluating on more questions retrains nothing.
+MEASURE_STAGES = ("baseline", "evaluate", "best_of_n")
 SECTIONS = ("data", "eval", "generate", "rank", "sft", "reward", "ppo", "rerank")
 
 
@@ -308,9 +311,16 @@ def round_plan(config: PipelineConfig, run: Path, round_: int, upstream: str) ->
     plan = {}
     for stage in STAGES:
         configs = list(stage_configs(config, round_dir(run, round_), stage, round_))
-        upstream = _fingerprint(stage, configs, run, upstream)
-        plan[stage] = (configs, upstream)
+        fingerprint = _fingerprint(stage, configs, run, upstream)
+        plan[stage] = (configs, fingerprint)
+        if stage not in MEASURE_STAGES:
+            upstream = fingerprint
     return plan
+
+
+def round_chain(plan: dict) -> str:
+    """The fingerprint the next round chains to: that of the last stage that trains (PPO)."""
+    return plan["ppo"][1]
 
 
 def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upstream: str, forced: bool,
@@ -324,7 +334,6 @@ def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upst
     planned = round_plan(config, run, round_, upstream)
     for index, stage in enumerate(STAGES[: last + 1]):
         configs, fingerprint = planned[stage]
-        upstream = fingerprint
         forced = forced or stage == from_stage
         before = record.get(stage, {})
         if not configs:
@@ -346,7 +355,7 @@ def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upst
         _write_json(record_path, record)
         _write_json(where / f"{stage}_result.json", results)
     _write_json(record_path, record)
-    return upstream, forced
+    return round_chain(planned), forced
 
 
 def write_summary(config: PipelineConfig, run: Path, record: dict) -> dict:

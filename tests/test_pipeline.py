@@ -67,6 +67,21 @@ def test_changed_setting_reruns_that_stage_and_later(tmp_path, smoke_run):
     assert any(p.name.startswith("reward-") for p in stale)  # old output moved aside, not deleted
 
 
+def test_more_test_questions_rerun_only_the_evaluations(smoke_run):
+    """The test subset is a measuring setting: widening it must not retrain anything."""
+    import dataclasses
+
+    from selfmotivated.pipeline import MEASURE_STAGES, round_plan
+
+    run, config, _ = smoke_run
+    before = round_plan(config, run, 1, "")
+    after = round_plan(dataclasses.replace(config, test_limit=6), run, 1, "")
+    for stage in STAGES:
+        assert (after[stage][1] != before[stage][1]) == (stage in MEASURE_STAGES), stage
+    changed = round_plan(dataclasses.replace(config, sft={**config.sft, "learning_rate": 1e-3}), run, 1, "")
+    assert [s for s in STAGES if changed[s][1] != before[s][1]] == ["sft", "reward", "ppo", "evaluate", "best_of_n"]
+
+
 def test_second_round_starts_from_the_first_rounds_sml_model(tmp_path, smoke_run):
     import dataclasses
     import shutil
@@ -91,11 +106,11 @@ def test_second_round_starts_from_the_first_rounds_sml_model(tmp_path, smoke_run
     assert "round-2" in side_by_side
 
     # Round 2 chains to round 1: a changed round-1 setting reruns that stage and every stage of round 2.
-    from selfmotivated.pipeline import round_config, round_plan
+    from selfmotivated.pipeline import round_chain, round_config, round_plan
 
     def plans(settings):
         one = round_plan(settings, run, 1, "")
-        return one, round_plan(round_config(settings, run, 2), run, 2, one["best_of_n"][1])
+        return one, round_plan(round_config(settings, run, 2), run, 2, round_chain(one))
 
     one, second = plans(dataclasses.replace(config, rounds=2))
     assert {s: fp for s, (_, fp) in second.items()} == {s: stages(two)[s]["fingerprint"] for s in STAGES}
