@@ -720,6 +720,12 @@ def best_of_n(examples: Sequence, samples: Sequence[Sequence[str]], scores: Sequ
         rows.append({"id": ex.id, "gold": ex.gold, "predictions": preds, "correct": correct, "scores": list(ss),
                      "first_correct": correct[0], "vote": vote, "vote_correct": vote_correct, "best": best,
                      "best_correct": correct[best], "any_correct": any(correct)})
+    return rows, best_of_n_metrics(rows)
+
+
+def best_of_n_metrics(rows: Sequence[dict]) -> dict:
+    """Accuracies of the first sample, the majority vote, the reward model's pick and any sample (oracle)
+    over per-question rows of `best_of_n`."""
     n = len(rows)
 
     def rate(key):
@@ -727,14 +733,13 @@ def best_of_n(examples: Sequence, samples: Sequence[Sequence[str]], scores: Sequ
 
     right = [s for r in rows for s, c in zip(r["scores"], r["correct"]) if c]
     wrong = [s for r in rows for s, c in zip(r["scores"], r["correct"]) if not c]
-    metrics = {"n_questions": n, "n_samples": len(rows[0]["scores"]) if rows else 0,
-               "first_sample_accuracy": rate("first_correct"), "majority_vote_accuracy": rate("vote_correct"),
-               "best_of_n_accuracy": rate("best_correct"), "oracle_accuracy": rate("any_correct"),
-               "no_answer_rate": sum(p is None for r in rows for p in r["predictions"]) / max(1, sum(
-                   len(r["predictions"]) for r in rows)),
-               "mean_score_correct": statistics.fmean(right) if right else None,
-               "mean_score_wrong": statistics.fmean(wrong) if wrong else None}
-    return rows, metrics
+    return {"n_questions": n, "n_samples": len(rows[0]["scores"]) if rows else 0,
+            "first_sample_accuracy": rate("first_correct"), "majority_vote_accuracy": rate("vote_correct"),
+            "best_of_n_accuracy": rate("best_correct"), "oracle_accuracy": rate("any_correct"),
+            "no_answer_rate": sum(p is None for r in rows for p in r["predictions"]) / max(1, sum(
+                len(r["predictions"]) for r in rows)),
+            "mean_score_correct": statistics.fmean(right) if right else None,
+            "mean_score_wrong": statistics.fmean(wrong) if wrong else None}
 
 
 def run_rerank(config: RerankConfig, *, generator=None, policy_tokenizer=None, reward_model=None,
@@ -765,30 +770,89 @@ def run_rerank(config: RerankConfig, *, generator=None, policy_tokenizer=None, r
         policy = config.policy or _backbone_of(config.reward_model)
         model, policy_tokenizer = load_model(policy, dtype=config.dtype, device=config.device)
         generator = make_generator(model, policy_tokenizer, backend=config.backend, max_batch_size=config.batch_size)
+    out = Path(config.out) if config.out else None
+    rows, sink = [], None
+    if out is not None:  # resumable: rows go to rerank.jsonl a chunk at a time, a rerun skips the done ones
+        out.mkdir(parents=True, exist_ok=True)
+        rows = _resume_rerank(out, config)
+        sink = (out / "rerank.jsonl").open("a")
+    done = {r["id"] for r in rows}
+    todo = [(i, ex) for i, ex in enumerate(examples) if ex.id not in done]
+    if done:
+        log.info("best-of-%d: resuming, %d of %d questions done in %s", config.n, len(done), len(examples), out)
+    progress = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=len(examples), initial=len(done), desc=f"best-of-{config.n}", unit="q",
+                        dynamic_ncols=True)
     t0 = time.perf_counter()
-    prompts = [build_prompt(ex, policy_tokenizer, style=config.prompt, chat=config.chat) for ex in examples]
-    params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-                            n=config.n, seed=config.seed, stop=stop_strings(policy_tokenizer, config.chat))
-    completions = generator.generate(prompts, params, progress=config.progress)
-    samples = [[c.text for c in cs] for cs in completions]
-    score_prompts = [build_prompt(ex, reward_tokenizer, style=config.prompt, chat=config.chat) for ex in examples]
-    flat = score_texts(reward_model, reward_tokenizer, [p for p, s in zip(score_prompts, samples) for _ in s],
-                       [t for s in samples for t in s], batch_size=config.score_batch_size)
-    scores, k = [], 0
-    for s in samples:
-        scores.append(flat[k:k + len(s)])
-        k += len(s)
-    rows, metrics = best_of_n(examples, samples, scores)
+    # One chunk fills the decode batch; its seed comes from its first question's position, so a resumed run
+    # samples what an uninterrupted one would have.
+    chunk = max(1, config.batch_size // config.n)
+    try:
+        for start in range(0, len(todo), chunk):
+            part = [ex for _, ex in todo[start:start + chunk]]
+            prompts = [build_prompt(ex, policy_tokenizer, style=config.prompt, chat=config.chat) for ex in part]
+            params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                    top_p=config.top_p, n=config.n, seed=config.seed + todo[start][0],
+                                    stop=stop_strings(policy_tokenizer, config.chat))
+            samples = [[c.text for c in cs] for cs in generator.generate(prompts, params, progress=False)]
+            score_prompts = [build_prompt(ex, reward_tokenizer, style=config.prompt, chat=config.chat) for ex in part]
+            flat = score_texts(reward_model, reward_tokenizer,
+                               [p for p, s in zip(score_prompts, samples) for _ in s],
+                               [t for s in samples for t in s], batch_size=config.score_batch_size)
+            scores, k = [], 0
+            for s in samples:
+                scores.append(flat[k:k + len(s)])
+                k += len(s)
+            new_rows, _ = best_of_n(part, samples, scores)
+            for row, texts in zip(new_rows, samples):
+                row["samples"] = texts
+                rows.append(row)
+                if sink is not None:
+                    sink.write(json.dumps(row) + "\n")
+            if sink is not None:
+                sink.flush()
+            if progress is not None:
+                progress.update(len(part))
+    finally:
+        if sink is not None:
+            sink.close()
+        if progress is not None:
+            progress.close()
+    order = {ex.id: i for i, ex in enumerate(examples)}
+    rows.sort(key=lambda r: order.get(r["id"], len(order)))
+    metrics = best_of_n_metrics(rows)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     metrics["dataset"] = getattr(config.data, "dataset", None)
-    if config.out:
-        out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with (out / "rerank.jsonl").open("w") as fh:
-            for row, texts in zip(rows, samples):
-                fh.write(json.dumps({**row, "samples": texts}) + "\n")
+    if out is not None:
+        (out / "rerank.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         write_json(out / "rerank_metrics.json", {"config": asdict(config), "metrics": metrics})
     return metrics
+
+
+def _resume_rerank(out: Path, config: RerankConfig) -> list[dict]:
+    """Rows already in out/rerank.jsonl, if they were made with these settings (else a clear error)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("progress", "out")}
+    settings_path = out / "rerank_config.json"
+    rows_path = out / "rerank.jsonl"
+    if settings_path.exists() and rows_path.exists():
+        before = json.loads(settings_path.read_text())
+        changed = sorted(k for k in settings if before.get(k) != json.loads(json.dumps(settings[k], default=str)))
+        if changed:
+            raise ValueError(f"{out} holds best-of-N samples made with other settings ({', '.join(changed)} "
+                             f"differ); use another output folder or delete {rows_path}")
+    write_json(settings_path, settings)
+    rows = []
+    if rows_path.exists():
+        for line in rows_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a torn last line from an interrupted run: that question reruns
+                break
+        rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
 
 
 def _device(device: str) -> str:

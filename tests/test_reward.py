@@ -254,6 +254,44 @@ def test_run_rerank_scores_generated_samples_with_the_reward_model(tiny_dir, tmp
     assert json.loads((tmp_path / "rerank" / "rerank_metrics.json").read_text())["metrics"] == result
 
 
+def test_run_rerank_resumes_after_an_interruption(tiny_dir, tmp_path):
+    from selfmotivated.generation import Completion
+
+    model, tok = load_reward_model(run_reward(config(tiny_dir, tmp_path, epochs=1))["model_dir"])
+    seen = []
+
+    class Generator:  # dies on its `fail_at`-th call, like a killed run
+        def __init__(self, fail_at=None):
+            self.calls, self.fail_at = 0, fail_at
+
+        def generate(self, prompts, params, progress=False):
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise KeyboardInterrupt
+            seen.extend(prompts)
+            return [[Completion(f" The answer is {i}.", [], "eos") for i in range(params.n)] for _ in prompts]
+
+    examples = [Example(id=f"q{i}", question=f"what is {i}?", gold="1", answer_type="number") for i in range(3)]
+    out = tmp_path / "rerank"
+
+    def rerank(generator, **kw):  # batch 2 of n=2 samples: one question a chunk
+        cfg = RerankConfig(reward_model="unused", n=2, batch_size=2, out=str(out), chat="never", progress=False, **kw)
+        return run_rerank(cfg, generator=generator, policy_tokenizer=tok, reward_model=model,
+                          reward_tokenizer=tok, examples=examples)
+
+    with pytest.raises(KeyboardInterrupt):
+        rerank(Generator(fail_at=2))
+    assert [json.loads(x)["id"] for x in (out / "rerank.jsonl").read_text().splitlines()] == ["q0"]
+    seen.clear()
+    result = rerank(Generator())
+    assert len(seen) == 2  # only the two questions not done
+    rows = [json.loads(x) for x in (out / "rerank.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["q0", "q1", "q2"] and result["n_questions"] == 3
+    assert result["oracle_accuracy"] == 1.0 and result["first_sample_accuracy"] == 0.0
+    with pytest.raises(ValueError, match="temperature"):
+        rerank(Generator(), temperature=0.1)
+
+
 def test_reward_stage_reports_best_of_n_with_the_real_generator(tiny_dir, tmp_path):
     """bon_n > 0: after training, sample with the backbone (here tiny-random, via the generation engine),
     score with the reward model and check answers with the project's checker, on a synthetic test split."""
