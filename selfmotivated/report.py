@@ -1432,11 +1432,14 @@ def _compare_runs(runs: list[Run]) -> list:
 
 def _compare_accuracy(runs: list[Run], datasets: list[str], published: dict, config: ReportConfig) -> list:
     """One table per dataset: a row per model, a column per run, and the mean and spread over runs."""
-    blocks = [Heading(1, "Test accuracy"),
-              Para("Accuracy in %, ± half the width of the 95% Wilson interval, n test questions. "
-                   "'mean ± sd' is over the runs that have the cell (the spread between runs, e.g. seeds).",
-                   "note")]
+    blocks = [Heading(1, "Test accuracy")]
+    note = "Accuracy in %, ± half the width of the 95% Wilson interval, n test questions."
     model_keys = list(dict.fromkeys(k for r in runs for k in _model_keys(r)))
+    owners = {d: [r for r in runs if d in r.datasets] for d in datasets}
+    if len(runs) > 1 and all(len(o) == 1 for o in owners.values()):
+        return blocks + [Para(note, "note")] + _across_datasets(owners, model_keys, published, config)
+    blocks.append(Para(note + " 'mean ± sd' is over the runs that have the cell (the spread between runs, e.g. "
+                       "seeds).", "note"))
     for d in datasets:
         rows, styles = [], []
         for key in model_keys:
@@ -1454,6 +1457,30 @@ def _compare_accuracy(runs: list[Run], datasets: list[str], published: dict, con
             styles.append("published")
         blocks += [Heading(2, d), Table(["model"] + [r.name for r in runs] + ["mean ± sd"], rows, styles)]
     shown = _published_shown(config, published, datasets)
+    if shown:
+        blocks.append(_published_sources(shown, published))
+    return blocks
+
+
+def _across_datasets(owners: dict[str, list[Run]], model_keys: list[str], published: dict,
+                     config: ReportConfig) -> list:
+    """Runs on different datasets (one run each): one table, a row per model and a column per dataset, as
+    papers lay out their results."""
+    datasets = list(owners)
+    rows, styles = [], []
+    for key in model_keys:
+        cells = [owners[d][0].accuracy.get(key, {}).get(d) for d in datasets]
+        if any(_has(c) for c in cells):
+            rows.append([MODELS.get(key, key)] + [fmt_cell(c) for c in cells])
+            styles.append("")
+    shown = _published_shown(config, published, datasets)
+    for key in shown:
+        rows.append([_published_label(published["rows"][key], published)] + _published_cells(key, published, datasets))
+        styles.append("published")
+    header = ["model"] + [d if owners[d][0].name == d else f"{d} ({owners[d][0].name})" for d in datasets]
+    blocks = [Table(header, rows, styles),
+              Para("Each dataset comes from one run (its column names the run where the name differs). "
+                   "Rows marked 'published' are figures from the papers named, not our runs.", "note")]
     if shown:
         blocks.append(_published_sources(shown, published))
     return blocks

@@ -286,6 +286,29 @@ def test_comparison_of_two_runs_shows_both(tmp_path):
     assert result["signals"]["seed0"] == [] and "reward hacking" in result["signals"]["seed1"][0]
 
 
+def test_runs_on_different_datasets_share_one_table(tmp_path):
+    """One run per dataset (the experiment across datasets): a column per dataset, published rows beside."""
+    import shutil
+
+    runs = []
+    for d in ("coin_flip", "gsm8k"):
+        run = make_run(tmp_path, d, shift=0.1 if d == "gsm8k" else 0.0)
+        summary = json.loads((run / "summary.json").read_text())
+        summary["datasets"] = [d]
+        summary["models"] = {k: {d: v[d]} for k, v in summary["models"].items() if d in v}
+        _write(run / "summary.json", summary)
+        other = "gsm8k" if d == "coin_flip" else "coin_flip"
+        for folder in run.glob(f"eval/*/{other}"):
+            shutil.rmtree(folder)
+        runs.append(str(run))
+    md = Path(make_report(runs, out=str(tmp_path / "all"), plots=False)["markdown"]).read_text()
+    assert cells(md, "model | coin_flip")[:3] == ["model", "coin_flip", "gsm8k"]
+    sft, sml = cells(md, "SFT on self-generated"), cells(md, SML)
+    assert len(sml) == 3 and "n/a" not in sml[1:] and sml[1] != sml[2]
+    assert len(sft) == 3 and "mean ± sd" not in md
+    assert cells(md, "GPT-2 124M Fine-tune-CoT")[1:] == ["77.3", "3.0"]
+
+
 def test_same_folder_names_are_told_apart(tmp_path):
     a, b = make_run(tmp_path / "x", "run"), make_run(tmp_path / "y", "run")
     md = Path(make_report([str(a), str(b)], out=str(tmp_path / "cmp"), plots=False)["markdown"]).read_text()
