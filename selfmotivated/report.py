@@ -1303,7 +1303,10 @@ def _data_facts(run: Run, config: ReportConfig) -> list[str]:
         start = _num(_get(run.reward, "metrics", "heldout_start", "pairwise_accuracy"))
         before = f" (from {start:.3f} before training)" if start is not None else ""
         items.append(f"The reward model ranks {pa:.3f} of held-out pairs right{before}; chance is 0.5.")
-        if pa < 0.6:
+        if pa <= 0.5:
+            items.append("The reward model ranks held-out pairs no better than chance: PPO against it optimises "
+                         "noise, or worse, the opposite of correctness.")
+        elif pa < 0.6:
             items.append("The reward model is barely better than chance: PPO against it has little signal.")
     before, after, common = _pick_before_after(run)
     if common:
