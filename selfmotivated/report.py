@@ -1410,9 +1410,17 @@ def compare_report(runs: list[Run], published: dict, config: ReportConfig,
     return f"Self-motivated Learning: comparison of {len(runs)} runs", blocks
 
 
+def _shown_path(path: Path) -> str:
+    """Relative to the working folder where it lies below it (committed reports then name no home folder)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
 def _compare_runs(runs: list[Run]) -> list:
     """Which runs, and the settings in which their recorded configs differ."""
-    rows = [[r.name, str(r.path.resolve()), r.config.get("model") or "n/a", ", ".join(r.datasets) or "n/a",
+    rows = [[r.name, _shown_path(r.path), r.config.get("model") or "n/a", ", ".join(r.datasets) or "n/a",
              _stages_done(r), ppo_overview(r)["status"] or ("not run" if not r.ppo_log else "n/a")]
             for r in runs]
     header = ["run", "folder", "base model", "datasets", "stages done", "PPO"]
