@@ -193,6 +193,31 @@ def stored_rows(run_dir) -> dict:
 # tiers, duplicates, leaks, pairs
 
 
+def test_a_rationale_that_opens_with_its_answer_is_not_counted_as_checked():
+    """Forcing keeps the first "The answer is 26." in the body, so it would pass by copying: the default
+    model wrote 17 of CommonsenseQA's 30 top-tier rationales like this."""
+    from selfmotivated.rationales.checks import opens_with_answer
+
+    parrot = " The answer is 26.\n\n1. Step 1: 28 + 54 = 82 bales.\n2. He added 2 more bales.\n3. The answer is 26."
+    reasoned = " There were 28 and now 54, so he stored 54 - 28 = 26 bales.\nThe answer is 26."
+    explain_after = " The answer is 26.\nHe stored 54 - 28 = 26 bales, the new ones in the barn."
+    assert opens_with_answer(parrot)
+    assert not opens_with_answer(reasoned) and not opens_with_answer(explain_after)  # forcing checks these
+    assert not opens_with_answer(" The answer is 26.")
+    q = question(gold="26")
+    gold = row(1, "gold", text=parrot, answer="26", forced="26", target="26")
+    free = row(2, "free", text=parrot, answer="26", forced="26")
+    assert outcome(gold, "26", "number", distrust_answer_first=True) == "inconsistent"
+    assert outcome(free, "26", "number", distrust_answer_first=True) == "unsupported"
+    assert outcome(gold, "26", "number") == "consistent"  # the check off
+    good = row(3, "gold", text=reasoned, answer="26", forced="26", target="26")
+    tiers = {r["rid"]: r["tier"] for r in rank_all({"q": q}, [gold, free, good], RankConfig())["per_question"]["q"]["all"]}
+    assert tiers == {1: 2, 2: 2, 3: 3}
+    tiers = {r["rid"]: r["tier"]
+             for r in rank_all({"q": q}, [gold, good], RankConfig(distrust_answer_first=False))["per_question"]["q"]["all"]}
+    assert tiers == {1: 3, 3: 3}
+
+
 def test_outcomes_and_default_tiers_for_every_kind():
     q = question(gold="12")
     cases = [

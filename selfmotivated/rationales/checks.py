@@ -53,6 +53,16 @@ def detect_leak(text: str) -> bool:
     return bool(_LEAK_RE.search(text))
 
 
+def opens_with_answer(text: str, min_words: int = 5) -> bool:
+    """Whether a rationale states an answer before reasoning and again at its end: fewer than `min_words`
+    words come before its first answer statement, and that statement stays in the body once the final
+    one is cut (`split_answer_line`). Answer forcing cannot check such a rationale: the continuation
+    copies the answer stated above it. A gold-hinted one has mostly copied its hint."""
+    body, line = split_answer_line(text)
+    first = _ANSWER_STATEMENT_RE.search(body)
+    return bool(line) and first is not None and len(body[: first.start()].split()) < min_words
+
+
 def strip_stop(text: str, stop: tuple[str, ...]) -> str:
     """The completion without a stop string it ended on (generators keep it in the text)."""
     for s in stop:

@@ -17,6 +17,11 @@ Each rationale gets an OUTCOME from its kind and the answers the checks found, a
 | wrong | no_answer      | states no answer, and forcing does not reach the gold                | 1    |
 | wrong | reaches_gold   | states the gold or forcing reaches the gold                          | None |
 
+A rationale that opens with its answer ("The answer is 26. Step 1: ...") counts as not checked
+(free: unsupported, gold: inconsistent) while `distrust_answer_first` is on: forcing copies the answer
+stated above it, so the check passes whatever the reasoning says, and a gold-hinted one has mostly
+copied its hint. On CommonsenseQA 17 of 30 top-tier rationales of the default model were such.
+
 This is METHOD.md's default (3: free correct and gold-hinted consistent; 2: gold-hinted inconsistent;
 1: free wrong and wrong-hinted) with three decisions of ours:
 - free/unsupported is 2, not 3: a free rationale whose own reasoning, forced, does not reach the gold
@@ -44,7 +49,7 @@ import string
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
-from .checks import render_response, split_answer_line
+from .checks import opens_with_answer, render_response, split_answer_line
 from .store import KINDS
 from .wrong import stable_seed
 
@@ -84,6 +89,13 @@ class RankConfig:
     use_forced_answer: bool = field(
         default=True,
         metadata={"help": "judge consistency by the forced answer too (when generation ran answer forcing)"},
+    )
+    distrust_answer_first: bool = field(
+        default=True,
+        metadata={
+            "help": "a rationale that states its answer before any reasoning is not counted as checked "
+            "(free: unsupported, gold: inconsistent): answer forcing would only copy that answer"
+        },
     )
     filter_leaks: bool = field(
         default=True,
@@ -191,18 +203,20 @@ def parse_tier_rules(rules) -> dict[str, int | None]:
     return tiers
 
 
-def outcome(row: dict, gold: str, answer_type: str, use_forced_answer: bool = True) -> str:
+def outcome(row: dict, gold: str, answer_type: str, use_forced_answer: bool = True,
+            distrust_answer_first: bool = False) -> str:
     """The outcome of one stored rationale (see the module table)."""
     from ..answers import answers_match
 
     kind, answer, forced = row["kind"], row["answer"], row["forced"]
     forced_checked = use_forced_answer and row.get("forced_text") is not None
+    unchecked = distrust_answer_first and opens_with_answer(row["text"])
 
     def reaches(value: str | None, goal: str) -> bool:
         return value is not None and answers_match(value, goal, answer_type)
 
     def forced_ok(goal: str) -> bool:
-        return not forced_checked or reaches(forced, goal)
+        return not unchecked and (not forced_checked or reaches(forced, goal))
 
     if kind == "free":
         if answer is None:
@@ -254,7 +268,7 @@ def rank_question(question: dict, rows: list[dict], config: RankConfig) -> dict:
     gold, answer_type = question["gold"], question["answer_type"]
     annotated = []
     for row in rows:
-        out = outcome(row, gold, answer_type, config.use_forced_answer)
+        out = outcome(row, gold, answer_type, config.use_forced_answer, config.distrust_answer_first)
         response = response_of(row, answer_type)
         annotated.append(
             {
