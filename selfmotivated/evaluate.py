@@ -127,8 +127,9 @@ def select_examples(config: EvalConfig) -> tuple[list[Example], list[str]]:
     return examples, excluded
 
 
-def run_eval(config: EvalConfig, model=None, tokenizer=None) -> dict:
-    """Evaluate and return the metrics. Pass `model`/`tokenizer` to evaluate one already in memory."""
+def run_eval(config: EvalConfig, model=None, tokenizer=None, examples: list[Example] | None = None) -> dict:
+    """Evaluate and return the metrics. Pass `model`/`tokenizer` to evaluate one already in memory, and
+    `examples` to evaluate those questions instead of the ones `config.data` selects."""
     from .answers import answers_match, extract_answer
     from .generation import SamplingParams, make_generator
     from .prompts import build_prompt, load_exemplars, load_templates, stop_strings
@@ -137,7 +138,9 @@ def run_eval(config: EvalConfig, model=None, tokenizer=None) -> dict:
         raise ValueError("eval needs an output folder: pass --out DIR")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    examples, excluded = select_examples(config)
+    excluded: list[str] = []
+    if examples is None:
+        examples, excluded = select_examples(config)
     if not examples:
         raise ValueError(f"no questions to evaluate in dataset {config.data.dataset!r} split {config.data.split!r}")
 

@@ -474,7 +474,7 @@ def _reward_hacking(scores: list, evals: list, accuracy_drop: float) -> Signal |
             now, then = score_near(step), score_near(best_step)
             if now is not None and then is not None and now > then:
                 return Signal("reward_hacking", step, (
-                    f"reward hacking: test accuracy fell to {100 * acc:.1f}% at step {step} from its best "
+                    f"reward hacking: accuracy fell to {100 * acc:.1f}% at step {step} from its best "
                     f"{100 * best_acc:.1f}% (step {best_step}) while the reward-model score rose from "
                     f"{then:.3f} to {now:.3f}"))
         if acc > best_acc:
@@ -771,16 +771,16 @@ def _smooth(values: list[float]) -> list[float]:
     return [statistics.fmean(values[max(0, i - w + 1): i + 1]) for i in range(len(values))]
 
 
-def ppo_plot(rows: list[dict], path: Path) -> Path | None:
+def ppo_plot(rows: list[dict], path: Path, accuracy_label: str = "test accuracy") -> Path | None:
     """2x2 against the iteration: reward-model score (and reward after the KL penalty), KL, entropy,
-    test accuracy."""
+    accuracy on PPO's evaluation questions (`accuracy_label` names them)."""
     from matplotlib.ticker import MaxNLocator
 
     panels = [
         ("ppo/score_mean", "reward-model score", "Reward", 1.0),
         ("ppo/kl", "KL(policy || SFT), nats per sequence", "KL to the SFT model", 1.0),
         ("ppo/entropy", "entropy, nats per token", "Policy entropy", 1.0),
-        ("eval/accuracy", "test accuracy (%)", "Test accuracy", 100.0),
+        ("eval/accuracy", f"{accuracy_label} (%)", accuracy_label[0].upper() + accuracy_label[1:], 100.0),
     ]
     if not any(_series(rows, key) for key, *_ in panels):
         return None
@@ -1180,6 +1180,12 @@ def ppo_overview(run: Run) -> dict:
     return out
 
 
+def ppo_accuracy_label(run: Run) -> str:
+    """What PPO's periodic accuracy measured: the test split, or training questions PPO held out."""
+    split = _get(run.config, "ppo", "eval_split", default="test")
+    return "held-out training accuracy" if split == "heldout" else f"{split} accuracy"
+
+
 def _ppo_section(run: Run, published, config, plot_dir) -> list:
     if not run.ppo_log:
         return [Para("No PPO log (ppo/metrics.jsonl): the PPO stage has not run.", "warn")]
@@ -1188,7 +1194,7 @@ def _ppo_section(run: Run, published, config, plot_dir) -> list:
             for _, name, label, digits in _PPO_ROWS if name in o]
     if "accuracy" in o:
         first, best, last = (o["accuracy"][k] for k in ("first", "best", "last"))
-        rows.append(["test accuracy (%)", f"{pct(first[1])} (step {first[0]})",
+        rows.append([f"{ppo_accuracy_label(run)} (%)", f"{pct(first[1])} (step {first[0]})",
                      f"{pct(last[1])} (step {last[0]})", "", f"{pct(best[1])} (step {best[0]})"])
     status = o["status"] or "n/a (no ppo/run.json)"
     blocks = [Para(f"{o['iterations']} iterations logged; status: {status}."),
@@ -1206,8 +1212,8 @@ def _plots_section(run: Run, published, config, plot_dir) -> list:
     made = [
         (accuracy_plot(run, published, config.published, plot_dir / "accuracy.png"),
          "Test accuracy by stage and dataset; error bars: 95% Wilson interval; published: lines"),
-        (ppo_plot(run.ppo_log, plot_dir / "ppo_curves.png"),
-         "PPO: reward-model score, KL to the SFT model, entropy and test accuracy by iteration"),
+        (ppo_plot(run.ppo_log, plot_dir / "ppo_curves.png", ppo_accuracy_label(run)),
+         f"PPO: reward-model score, KL to the SFT model, entropy and {ppo_accuracy_label(run)} by iteration"),
         (reward_score_plot(run, plot_dir / "reward_scores.png"),
          "Reward-model scores: held-out rationales by tier, and best-of-N test samples by correctness"),
         (length_plot(run, plot_dir / "response_length.png"),
@@ -1334,7 +1340,8 @@ def _ppo_facts(run: Run) -> list[str]:
                      "nats per token.")
     if "accuracy" in o:
         first, best, last = (o["accuracy"][k] for k in ("first", "best", "last"))
-        items.append(f"Test accuracy during PPO: {pct(first[1])}% at step {first[0]}, best {pct(best[1])}% "
+        label = ppo_accuracy_label(run)
+        items.append(f"{label[0].upper() + label[1:]} during PPO: {pct(first[1])}% at step {first[0]}, best {pct(best[1])}% "
                      f"at step {best[0]}, last {pct(last[1])}% at step {last[0]}.")
     return items
 

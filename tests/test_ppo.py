@@ -416,6 +416,26 @@ def test_shared_reward_model_scores_like_the_reward_module(tiny_run_folders):
     assert ac.policy.active_adapter == POLICY
 
 
+def test_heldout_evaluation_uses_training_questions_ppo_does_not_train_on(tiny_run_folders, tmp_path):
+    """Choosing the checkpoint (and the guard) must not look at the test split: eval_split 'heldout' reads the
+    eval_limit training questions right after PPO's own."""
+    from selfmotivated.data import DataConfig, load_examples
+    from selfmotivated.models import load_model
+    from selfmotivated.ppo.trainer import make_eval_fn
+
+    sft, _ = tiny_run_folders
+    data = DataConfig(dataset="synthetic_coin_flip", split="train", n_train=8, n_test=4, limit=4)
+    config = PPOConfig(sft_model=str(sft), eval_split="heldout", eval_limit=3, max_new_tokens=4, data=data)
+    model, tok = load_model(str(sft), device="cpu")
+    accuracy = make_eval_fn(config, str(sft), tmp_path)(model, tok, 0)
+    assert 0.0 <= accuracy <= 1.0
+    ids = [json.loads(x)["id"] for x in (tmp_path / "eval" / "step-0000000" / "predictions.jsonl").read_text().splitlines()]
+    train = [ex.id for ex in load_examples(DataConfig(**{**data.__dict__, "limit": None}))]
+    assert ids == train[4:7]  # after the 4 PPO trains on, none from the test split
+    with pytest.raises(ValueError, match="heldout"):
+        PPOConfig(eval_split="heldout", data=DataConfig(dataset="synthetic_coin_flip", split="train"))
+
+
 def test_run_ppo_end_to_end(tiny_run_folders, tmp_path):
     from selfmotivated.data import DataConfig
     from selfmotivated.models import load_model

@@ -348,7 +348,7 @@ def test_a_flagged_run_says_so_in_the_report(tmp_path):
     run = make_run(tmp_path, ppo="hacking")
     result = make_report([str(run)], plots=False)
     md = Path(result["markdown"]).read_text()
-    assert "> **Warning:** reward hacking: test accuracy fell to 28.0% at step 30" in md
+    assert "> **Warning:** reward hacking: accuracy fell to 28.0% at step 30" in md
     assert "No failure signature" not in md
     assert result["plots"] == [] and not (run / "plots").exists()
 

@@ -11,6 +11,9 @@ DEFAULT_LR = {"lora": 2e-5, "full": 1e-6}
 DEFAULT_CRITIC_LR = {"lora": 1e-4, "full": 1e-5}
 
 
+HELDOUT = "heldout"  # eval_split: training questions PPO does not train on
+
+
 @dataclass
 class PPOConfig:
     """`sml ppo`: PPO of the SFT policy against the reward model."""
@@ -98,7 +101,9 @@ class PPOConfig:
     # -- periodic test accuracy
     eval_steps: int = field(default=10, metadata={
         "help": "test accuracy every N iterations and at 0 (0: never)"})
-    eval_split: str = field(default="test", metadata={"help": "split of the dataset that is evaluated"})
+    eval_split: str = field(default="test", metadata={
+        "help": "split evaluated during PPO; 'heldout': the eval_limit training questions right after PPO's own "
+                "(data.limit), so that choosing the checkpoint never looks at the test split"})
     eval_limit: int | None = field(default=100, metadata={
         "help": "evaluate the first N questions of that split"})
     # -- failure guard
@@ -153,6 +158,9 @@ class PPOConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0: PPO needs sampled rollouts, not greedy ones")
+        if self.eval_split == HELDOUT and self.eval_steps and (self.data.limit is None or not self.eval_limit):
+            raise ValueError("eval_split 'heldout' takes the eval_limit training questions after PPO's own: set "
+                             "data.limit (the pipeline's train_limit) and eval_limit")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ValueError(f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}")
         if self.learning_rate is None:

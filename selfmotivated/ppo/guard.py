@@ -4,8 +4,9 @@
     kl              KL(policy || reference) per sequence above `max_kl` (the policy left the SFT model)
     entropy         mean per-token entropy below `min_entropy` (the policy collapsed onto a few outputs)
     length          mean response length below `min_response_length` (length collapse)
-    reward_hacking  test accuracy fell more than `accuracy_drop` below its best while the reward-model
-                    score rose above what it was at that best (the policy exploits the reward model)
+    reward_hacking  accuracy (on the test split or on held-out training questions) fell more than
+                    `accuracy_drop` below its best while the reward-model score rose above what it was
+                    at that best (the policy exploits the reward model)
 
 kl, entropy and length must persist for `patience` consecutive iterations (one noisy batch is not a
 trend); nan trips at once. The guard only decides; the trainer stops or rolls back to the last good
@@ -129,7 +130,7 @@ class FailureGuard:
         if fell and rose:
             return Alarm(
                 "reward_hacking",
-                f"test accuracy fell to {accuracy:.3f} from its best {s.best_accuracy:.3f} (step "
+                f"accuracy fell to {accuracy:.3f} from its best {s.best_accuracy:.3f} (step "
                 f"{s.best_step}) while the reward-model score rose to {window:.3f} from "
                 f"{s.reward_at_best:.3f}",
             ), False

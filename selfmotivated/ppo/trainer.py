@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..data import DataConfig
-from .config import PPOConfig
+from .config import HELDOUT, PPOConfig
 from .actor_critic import ActorCritic, build_actor_critic, lora_config, merge_if_adapter
 from .core import AdaptiveKLController, FixedKLController, masked_mean, masked_sum, policy_loss, value_loss
 from .experience import Experience, generate_rollouts, make_experience
@@ -716,7 +716,18 @@ def make_eval_fn(config: PPOConfig, sft: str, out: Path) -> Callable:
     """eval_fn(model, tokenizer, step) -> test accuracy with `evaluate.run_eval` (greedy, our answer checker)."""
     from ..evaluate import EvalConfig, run_eval
 
-    data = DataConfig(**{**asdict(config.data), "split": config.eval_split, "limit": config.eval_limit})
+    examples = None
+    if config.eval_split == HELDOUT:  # the training questions after PPO's own: never trained on, not test
+        from ..data import load_examples
+
+        start = config.data.limit
+        data = DataConfig(**{**asdict(config.data), "split": "train", "limit": start + config.eval_limit})
+        examples = load_examples(data)[start:]
+        if not examples:
+            raise ValueError(f"eval_split 'heldout': the training split of {config.data.dataset!r} has no questions "
+                             f"after the first {start} that PPO trains on")
+    else:
+        data = DataConfig(**{**asdict(config.data), "split": config.eval_split, "limit": config.eval_limit})
 
     def eval_fn(model, tokenizer, step: int) -> float:
         eval_config = EvalConfig(
@@ -732,7 +743,7 @@ def make_eval_fn(config: PPOConfig, sft: str, out: Path) -> Callable:
             progress=False,
             data=data,
         )
-        return run_eval(eval_config, model=model, tokenizer=tokenizer)["accuracy"]
+        return run_eval(eval_config, model=model, tokenizer=tokenizer, examples=examples)["accuracy"]
 
     return eval_fn
 
