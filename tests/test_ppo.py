@@ -432,8 +432,9 @@ def test_heldout_evaluation_uses_training_questions_ppo_does_not_train_on(tiny_r
     ids = [json.loads(x)["id"] for x in (tmp_path / "eval" / "step-0000000" / "predictions.jsonl").read_text().splitlines()]
     train = [ex.id for ex in load_examples(DataConfig(**{**data.__dict__, "limit": None}))]
     assert ids == train[4:7]  # after the 4 PPO trains on, none from the test split
-    with pytest.raises(ValueError, match="heldout"):
-        PPOConfig(eval_split="heldout", data=DataConfig(dataset="synthetic_coin_flip", split="train"))
+    with pytest.raises(ValueError, match="heldout"):  # no data.limit: nothing marks where PPO's questions end
+        make_eval_fn(PPOConfig(eval_split="heldout", data=DataConfig(dataset="synthetic_coin_flip", split="train")),
+                     str(sft), tmp_path)
 
 
 def test_run_ppo_end_to_end(tiny_run_folders, tmp_path):

@@ -158,9 +158,6 @@ class PPOConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0: PPO needs sampled rollouts, not greedy ones")
-        if self.eval_split == HELDOUT and self.eval_steps and (self.data.limit is None or not self.eval_limit):
-            raise ValueError("eval_split 'heldout' takes the eval_limit training questions after PPO's own: set "
-                             "data.limit (the pipeline's train_limit) and eval_limit")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ValueError(f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}")
         if self.learning_rate is None:

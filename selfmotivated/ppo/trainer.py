@@ -721,6 +721,9 @@ def make_eval_fn(config: PPOConfig, sft: str, out: Path) -> Callable:
         from ..data import load_examples
 
         start = config.data.limit
+        if start is None or not config.eval_limit:
+            raise ValueError("ppo.eval_split 'heldout' takes the eval_limit training questions after PPO's own: "
+                             "set data.limit (the pipeline's train_limit) and eval_limit")
         data = DataConfig(**{**asdict(config.data), "split": "train", "limit": start + config.eval_limit})
         examples = load_examples(data)[start:]
         if not examples:
