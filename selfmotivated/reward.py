@@ -843,14 +843,11 @@ def _resume_rerank(out: Path, config: RerankConfig) -> list[dict]:
         if changed:
             raise ValueError(f"{out} holds best-of-N samples made with other settings ({', '.join(changed)} "
                              f"differ); use another output folder or delete {rows_path}")
+    from .evaluate import _read_jsonl  # drops a torn last line from an interrupted run: that question reruns
+
     write_json(settings_path, settings)
-    rows = []
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a torn last line from an interrupted run: that question reruns
-                break
+    rows = _read_jsonl(rows_path)
+    if rows_path.exists():  # without the torn line, so appended rows start on a line of their own
         rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
