@@ -32,7 +32,9 @@ def test_zero_shot_asks_for_the_answer_line(tiny):
     _, tokenizer = tiny
     text = build_prompt(NUMBER, tokenizer)
     assert text.startswith("<|im_start|>user\nWhat is 2 + 3?")
-    assert '"The answer is X."' in text and "a number" in text
+    # No placeholder the model could copy: with '"The answer is X.", where X is ...' the default model
+    # ended 113 of 150 Last Letter answers with "The answer is X.".
+    assert 'starts with "The answer is" and gives a number' in text and "X" not in text
     # The reply opens with a cue to reason; an empty response_start removes it.
     assert text.endswith("<|im_start|>assistant\nLet's think step by step.")
     templates = {**load_templates(), "response_start": ""}
