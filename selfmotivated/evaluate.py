@@ -21,7 +21,9 @@ from .records import Example
 log = logging.getLogger(__name__)
 
 # Settings that change what a prediction is; a rerun into the same folder must not mix them.
-_IDENTITY_KEYS = ("model", "adapter", "prompt", "exemplars", "num_exemplars", "chat", "max_new_tokens", "templates")
+# "templates_digest", not the file's name: the templates' content decides the prompts.
+_IDENTITY_KEYS = ("model", "adapter", "prompt", "exemplars", "num_exemplars", "chat", "max_new_tokens",
+                  "templates_digest")
 
 
 @dataclass
@@ -132,7 +134,7 @@ def run_eval(config: EvalConfig, model=None, tokenizer=None, examples: list[Exam
     `examples` to evaluate those questions instead of the ones `config.data` selects."""
     from .answers import answers_match, extract_answer
     from .generation import SamplingParams, make_generator
-    from .prompts import build_prompt, load_exemplars, load_templates, stop_strings
+    from .prompts import build_prompt, load_exemplars, load_templates, stop_strings, templates_digest
 
     if not config.out:
         raise ValueError("eval needs an output folder: pass --out DIR")
@@ -144,7 +146,7 @@ def run_eval(config: EvalConfig, model=None, tokenizer=None, examples: list[Exam
     if not examples:
         raise ValueError(f"no questions to evaluate in dataset {config.data.dataset!r} split {config.data.split!r}")
 
-    settings = asdict(config)
+    settings = {**asdict(config), "templates_digest": templates_digest(config.templates)}
     config_path = out / "eval_config.json"
     if config_path.exists():
         before = json.loads(config_path.read_text())

@@ -53,6 +53,8 @@ class PipelineConfig:
     few_shot_baseline: bool = field(default=True, metadata={"help": "also evaluate the base model few-shot"})
     best_of_n: int = field(default=4, metadata={"help": "best-of-N with the reward model after PPO (0: skip)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
+    templates: str | None = field(default=None, metadata={
+        "help": "JSON file overriding our prompt templates, for every stage that builds prompts"})
     rounds: int = field(default=1, metadata={
         "help": "rounds of the method: round r > 1 regenerates rationales with round r-1's SML model, then "
                 "runs rank, SFT (from that model), reward model, PPO and evaluation again in RUN/round-<r>"})
@@ -74,6 +76,10 @@ class PipelineConfig:
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         # Build every stage config once now, so a bad key fails before hours of work, naming the section.
+        if self.templates:
+            from .prompts import load_templates
+
+            load_templates(self.templates)  # a missing or bad file fails now, not at the first prompt
         for section in SECTIONS:
             if not isinstance(getattr(self, section), dict):
                 raise ValueError(f"section {section!r} must be a mapping of settings")
@@ -108,7 +114,8 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
         return
 
     def eval_config(model: str, key: str, dataset: str, prompt: str = "zero_shot"):
-        base = {"model": model, "out": str(run / "eval" / key / dataset), "prompt": prompt, "progress": True}
+        base = {"model": model, "out": str(run / "eval" / key / dataset), "prompt": prompt, "progress": True,
+                "templates": config.templates}
         cfg = _section(config, "eval", EvalConfig, base)
         cfg.data = _data(config, dataset, "test", config.test_limit)
         return cfg
@@ -122,7 +129,7 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
         from .rationales import GenerateConfig
 
         cfg = _section(config, "generate", GenerateConfig, {"model": config.model, "run_dir": str(run),
-                                                            "seed": config.seed})
+                                                            "seed": config.seed, "templates": config.templates})
         cfg.data = _data(config, config.dataset, "train", config.train_limit)
         yield "generate", cfg
     elif stage == "rank":
@@ -146,7 +153,8 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
 
         cfg = _section(config, "ppo", PPOConfig, {"run_dir": str(run), "sft_model": str(run / "sft" / "model"),
                                                   "reward_model": str(run / "reward" / "model"),
-                                                  "out": str(run / "ppo"), "seed": config.seed})
+                                                  "out": str(run / "ppo"), "seed": config.seed,
+                                                  "templates": config.templates})
         cfg.data = _data(config, config.dataset, "train", config.train_limit)
         yield "ppo", cfg
     elif stage == "evaluate":
@@ -160,7 +168,7 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
             for ds in config.eval_datasets:
                 base = {"reward_model": str(run / "reward" / "model"), "policy": str(policy_dir(run)),
                         "out": str(run / "eval" / "sml_best_of_n" / ds), "n": config.best_of_n,
-                        "seed": config.seed}
+                        "seed": config.seed, "templates": config.templates}
                 cfg = _section(config, "rerank", RerankConfig, base)
                 cfg.data = _data(config, ds, "test", config.test_limit)
                 yield f"sml_best_of_n/{ds}", cfg
@@ -176,11 +184,15 @@ def policy_dir(run: Path) -> Path:
 def _fingerprint(stage: str, configs: list[tuple[str, object]], run: Path, upstream: str) -> str:
     """Hash of a stage's settings with paths inside `run` (the top run folder, also for later rounds) made
     relative, chained to the stages before it."""
+    from .prompts import templates_digest
+
     def relative(value):
         if isinstance(value, str) and value.startswith(str(run)):
             return "RUN" + value[len(str(run)):]
         if isinstance(value, dict):
-            return {k: relative(v) for k, v in value.items() if k not in ("progress",)}
+            # Prompt templates count by content: editing the file (or a new version of ours) reruns.
+            return {k: templates_digest(v) if k == "templates" else relative(v)
+                    for k, v in value.items() if k not in ("progress",)}
         if isinstance(value, (list, tuple)):
             return [relative(v) for v in value]
         return value

@@ -8,6 +8,7 @@ user/assistant turns, the usual way to show a chat model examples); a model with
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -62,6 +63,14 @@ def load_templates(path: str | None = None) -> dict:
             raise ValueError(f"{path}: unknown template keys {sorted(unknown)}; allowed: {sorted(templates)}")
         templates.update(user)
     return templates
+
+
+def templates_digest(templates: str | dict | None = None) -> str:
+    """A short hash of the templates' content (ours updated with the file's): what decides the prompts, so
+    stored outputs are reused only when it matches, whatever the file is called."""
+    if not isinstance(templates, dict):
+        templates = load_templates(templates)
+    return hashlib.sha256(json.dumps(templates, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def format_question(example: Example) -> str:

@@ -673,6 +673,7 @@ class RerankConfig:
                                                        "choices": ["zero_shot", "few_shot"]})
     chat: str = field(default="auto", metadata={"help": "use the chat template: auto, always or never",
                                                 "choices": ["auto", "always", "never"]})
+    templates: str | None = field(default=None, metadata={"help": "JSON file overriding our prompt templates"})
     batch_size: int = field(default=64, metadata={"help": "sequences decoded at once"})
     score_batch_size: int = field(default=8, metadata={"help": "sequences scored at once"})
     backend: str = field(default="engine", metadata={"help": "generation backend: engine or hf",
@@ -749,8 +750,9 @@ def run_rerank(config: RerankConfig, *, generator=None, policy_tokenizer=None, r
     import time
 
     from .generation import SamplingParams
-    from .prompts import build_prompt, stop_strings
+    from .prompts import build_prompt, load_templates, stop_strings
 
+    templates = load_templates(config.templates)
     if reward_model is None:
         if not config.reward_model:
             raise ValueError("rerank needs --reward-model (a folder written by `sml reward`)")
@@ -793,12 +795,14 @@ def run_rerank(config: RerankConfig, *, generator=None, policy_tokenizer=None, r
     try:
         for start in range(0, len(todo), chunk):
             part = [ex for _, ex in todo[start:start + chunk]]
-            prompts = [build_prompt(ex, policy_tokenizer, style=config.prompt, chat=config.chat) for ex in part]
+            prompts = [build_prompt(ex, policy_tokenizer, style=config.prompt, chat=config.chat, templates=templates)
+                       for ex in part]
             params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                     top_p=config.top_p, n=config.n, seed=config.seed + todo[start][0],
                                     stop=stop_strings(policy_tokenizer, config.chat))
             samples = [[c.text for c in cs] for cs in generator.generate(prompts, params, progress=False)]
-            score_prompts = [build_prompt(ex, reward_tokenizer, style=config.prompt, chat=config.chat) for ex in part]
+            score_prompts = [build_prompt(ex, reward_tokenizer, style=config.prompt, chat=config.chat,
+                                          templates=templates) for ex in part]
             flat = score_texts(reward_model, reward_tokenizer,
                                [p for p, s in zip(score_prompts, samples) for _ in s],
                                [t for s in samples for t in s], batch_size=config.score_batch_size)
@@ -834,7 +838,10 @@ def run_rerank(config: RerankConfig, *, generator=None, policy_tokenizer=None, r
 
 def _resume_rerank(out: Path, config: RerankConfig) -> list[dict]:
     """Rows already in out/rerank.jsonl, if they were made with these settings (else a clear error)."""
+    from .prompts import templates_digest
+
     settings = {k: v for k, v in asdict(config).items() if k not in ("progress", "out")}
+    settings["templates"] = templates_digest(config.templates)  # the content decides the prompts, not the name
     settings_path = out / "rerank_config.json"
     rows_path = out / "rerank.jsonl"
     if settings_path.exists() and rows_path.exists():

@@ -51,6 +51,16 @@ def test_eval_refuses_to_mix_settings(capsys, tmp_path):
     code, _, err = run_cli(capsys, "eval", *FAST, "--dataset", "synthetic_coin_flip", "--limit", 2, "--out", out,
                            "--prompt", "few_shot")
     assert code == 2 and "prompt" in err and "another --out" in err
+    # The same templates file, edited: its content made the stored prompts, so they are not reused.
+    templates = tmp_path / "templates.json"
+    templates.write_text("{}")
+    out = tmp_path / "ev2"
+    assert run_cli(capsys, "eval", *FAST, "--dataset", "synthetic_coin_flip", "--limit", 2, "--out", out,
+                   "--templates", templates)[0] == 0
+    templates.write_text(json.dumps({"response_start": "Let us reason."}))
+    code, _, err = run_cli(capsys, "eval", *FAST, "--dataset", "synthetic_coin_flip", "--limit", 2, "--out", out,
+                           "--templates", templates)
+    assert code == 2 and "templates_digest" in err
 
 
 def test_eval_torn_last_line_is_redone(capsys, tmp_path):

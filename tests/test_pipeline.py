@@ -82,6 +82,29 @@ def test_more_test_questions_rerun_only_the_evaluations(smoke_run):
     assert [s for s in STAGES if changed[s][1] != before[s][1]] == ["sft", "reward", "ppo", "evaluate", "best_of_n"]
 
 
+def test_prompt_templates_reach_every_prompt_and_count_by_content(tmp_path, smoke_run):
+    """A templates file is used by every stage that builds prompts; editing it (or a new version of our
+    own templates) reruns from the baseline, while the same content under another name reruns nothing."""
+    import dataclasses
+
+    from selfmotivated.pipeline import round_plan
+
+    run, config, _ = smoke_run
+    before = round_plan(config, run, 1, "")
+    same = tmp_path / "same.json"
+    same.write_text("{}")
+    assert {s: fp for s, (_, fp) in round_plan(dataclasses.replace(config, templates=str(same)), run, 1, "").items()} \
+        == {s: fp for s, (_, fp) in before.items()}
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps({"response_start": "Let us reason."}))
+    after = round_plan(dataclasses.replace(config, templates=str(edited)), run, 1, "")
+    assert all(after[s][1] != before[s][1] for s in STAGES)
+    for stage in ("baseline", "generate", "ppo", "evaluate", "best_of_n"):
+        assert all(cfg.templates == str(edited) for _, cfg in after[stage][0]), stage
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        dataclasses.replace(config, templates=str(tmp_path / "missing.json"))
+
+
 def test_second_round_starts_from_the_first_rounds_sml_model(tmp_path, smoke_run):
     import dataclasses
     import shutil

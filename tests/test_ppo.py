@@ -425,11 +425,16 @@ def test_heldout_evaluation_uses_training_questions_ppo_does_not_train_on(tiny_r
 
     sft, _ = tiny_run_folders
     data = DataConfig(dataset="synthetic_coin_flip", split="train", n_train=8, n_test=4, limit=4)
-    config = PPOConfig(sft_model=str(sft), eval_split="heldout", eval_limit=3, max_new_tokens=4, data=data)
+    templates = tmp_path / "templates.json"  # PPO's prompts follow the run's templates
+    templates.write_text(json.dumps({"response_start": "Let us count."}))
+    config = PPOConfig(sft_model=str(sft), eval_split="heldout", eval_limit=3, max_new_tokens=4, data=data,
+                       templates=str(templates))
     model, tok = load_model(str(sft), device="cpu")
     accuracy = make_eval_fn(config, str(sft), tmp_path)(model, tok, 0)
     assert 0.0 <= accuracy <= 1.0
-    ids = [json.loads(x)["id"] for x in (tmp_path / "eval" / "step-0000000" / "predictions.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "step-0000000" / "predictions.jsonl").read_text().splitlines()]
+    assert all(r["prompt"].endswith("Let us count.") for r in rows)
+    ids = [r["id"] for r in rows]
     train = [ex.id for ex in load_examples(DataConfig(**{**data.__dict__, "limit": None}))]
     assert ids == train[4:7]  # after the 4 PPO trains on, none from the test split
     with pytest.raises(ValueError, match="heldout"):  # no data.limit: nothing marks where PPO's questions end

@@ -106,3 +106,13 @@ def test_user_templates_override_and_validate(tmp_path):
     path.write_text(json.dumps({"zero_shoot": "x"}))
     with pytest.raises(ValueError, match="unknown template keys"):
         load_templates(str(path))
+
+
+def test_templates_digest_follows_content_not_name(tmp_path):
+    from selfmotivated.prompts import templates_digest
+
+    empty, edited = tmp_path / "a.json", tmp_path / "b.json"
+    empty.write_text("{}")
+    edited.write_text(json.dumps({"response_start": ""}))
+    assert templates_digest(str(empty)) == templates_digest(None) == templates_digest(load_templates())
+    assert templates_digest(str(edited)) != templates_digest(None)

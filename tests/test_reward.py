@@ -290,6 +290,15 @@ def test_run_rerank_resumes_after_an_interruption(tiny_dir, tmp_path):
     assert result["oracle_accuracy"] == 1.0 and result["first_sample_accuracy"] == 0.0
     with pytest.raises(ValueError, match="temperature"):
         rerank(Generator(), temperature=0.1)
+    # Prompts follow the templates file, and samples made with other templates are not mixed in.
+    templates = tmp_path / "templates.json"
+    templates.write_text(json.dumps({"response_start": "Let us count."}))
+    with pytest.raises(ValueError, match="templates"):
+        rerank(Generator(), templates=str(templates))
+    out = tmp_path / "rerank-templates"
+    seen.clear()
+    rerank(Generator(), templates=str(templates))
+    assert len(seen) == 3 and all(p.endswith("Let us count.") for p in seen)
 
 
 def test_reward_stage_reports_best_of_n_with_the_real_generator(tiny_dir, tmp_path):

@@ -52,6 +52,7 @@ class PPOConfig:
     num_exemplars: int | None = field(default=None, metadata={"help": "use only the first N exemplars"})
     chat: str = field(default="auto", metadata={
         "help": "use the chat template: auto, always or never", "choices": ["auto", "always", "never"]})
+    templates: str | None = field(default=None, metadata={"help": "JSON file overriding our prompt templates"})
     # -- rollouts
     iterations: int = field(default=100, metadata={"help": "PPO iterations (rollout batch + updates each)"})
     prompts_per_iteration: int = field(default=16, metadata={

@@ -740,6 +740,7 @@ def make_eval_fn(config: PPOConfig, sft: str, out: Path) -> Callable:
             exemplars=config.exemplars,
             num_exemplars=config.num_exemplars,
             chat=config.chat,
+            templates=config.templates,
             max_new_tokens=config.max_new_tokens,
             batch_size=config.generation_batch_size,
             backend=config.backend,
@@ -774,7 +775,7 @@ def build_trainer(
 
     from ..data import load_examples
     from ..models import load_model
-    from ..prompts import build_prompt, stop_strings
+    from ..prompts import build_prompt, load_templates, stop_strings
     from ..training import prepare_out, set_seed
     from .rewards import SeparateRewardModel, SharedRewardModel, shares_backbone
 
@@ -818,6 +819,7 @@ def build_trainer(
             )
 
     examples = load_examples(config.data)
+    templates = load_templates(config.templates)
     prompts = [
         build_prompt(
             ex,
@@ -827,6 +829,7 @@ def build_trainer(
             chat=config.chat,
             num_exemplars=config.num_exemplars,
             data_dir=config.data.data_dir,
+            templates=templates,
         )
         for ex in examples
     ]

@@ -25,8 +25,6 @@ allow_mixed_settings is set: then both sets of rows are stored side by side and 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -206,12 +204,10 @@ class GenerateConfig:
 
 def sample_settings(config: GenerateConfig) -> dict:
     """The settings that decide what a sample is (their fingerprint is part of every row's key)."""
-    from ..prompts import load_templates
+    from ..prompts import templates_digest
 
     settings = {k: getattr(config, k) for k in _SAMPLE_KEYS}
-    # The templates' content, not their file name, decides the prompts.
-    blob = json.dumps(load_templates(config.templates), sort_keys=True)
-    settings["templates"] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    settings["templates"] = templates_digest(config.templates)
     return settings
 
 
