@@ -145,6 +145,8 @@ def _add_run(sub):
     p.add_argument("--until", choices=STAGES, help="stop after this stage")
     p.add_argument("--rounds", type=int, help="rounds of the method (overrides the config's `rounds`): round r "
                                              "regenerates rationales with round r-1's SML model")
+    p.add_argument("--plan", action="store_true", help="print what would run, resume, rerun or be skipped, "
+                                                       "and change nothing")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_pipeline)
 
@@ -160,6 +162,19 @@ def _run_pipeline(args):
     elif args.model:
         config.model = args.model
     out = args.out or str(Path("runs") / Path(args.config).stem)
+    if args.plan:
+        from .pipeline import plan_pipeline
+
+        rows = plan_pipeline(config, out, from_stage=args.from_stage, until=args.until)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return
+        for row in rows:
+            took = f" (took {row['seconds_before'] / 60:.1f} min)" if row["seconds_before"] is not None else ""
+            where = f"round {row['round']} " if config.rounds > 1 else ""
+            print(f"{where}{row['stage']:<11} {row['action']}{took}")
+        print(f"run folder: {out}")
+        return
     summary = run_pipeline(config, out, from_stage=args.from_stage, until=args.until)
     models = dict(summary["models"])  # round 1; later rounds' models as <model>_round<r>
     for later in (summary.get("rounds") or [])[1:]:

@@ -335,6 +335,44 @@ def round_chain(plan: dict) -> str:
     return plan["ppo"][1]
 
 
+def stage_action(before: dict, fingerprint: str, forced: bool, has_configs: bool = True) -> str:
+    """What `sml run` does with a stage, given its record in stages.json: "done" (skipped, up to date),
+    "skipped" (nothing to run), "run", "resume" (interrupted), "rerun (settings changed)" or
+    "rerun (--from)". A rerun moves the old outputs to RUN/stale first."""
+    if not has_configs:
+        return "skipped"
+    if before.get("status") == "done" and before.get("fingerprint") == fingerprint and not forced:
+        return "done"
+    if forced and before:
+        return "rerun (--from)"
+    if before.get("fingerprint") not in (None, fingerprint):
+        return "rerun (settings changed)"
+    return "resume" if before.get("status") == "running" else "run"
+
+
+def plan_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | None = None,
+                  until: str | None = None) -> list[dict]:
+    """What `run_pipeline` would do, stage by stage, without running or changing anything: one row per
+    round and stage with its action (see `stage_action`) and the time it took when it was last done."""
+    run = Path(out).resolve()
+    rounds = config.rounds if until is None else 1
+    last = STAGES.index(until) if until else len(STAGES) - 1
+    rows, upstream, forced = [], "", False
+    for round_ in range(1, rounds + 1):
+        where, settings = round_dir(run, round_), round_config(config, run, round_)
+        record = _read_json(where / "stages.json")
+        planned = round_plan(settings, run, round_, upstream)
+        for stage in STAGES[: last + 1]:
+            configs, fingerprint = planned[stage]
+            forced = forced or stage == from_stage
+            before = record.get(stage, {})
+            rows.append({"round": round_, "stage": stage, "fingerprint": fingerprint,
+                         "action": stage_action(before, fingerprint, forced, bool(configs)),
+                         "seconds_before": before.get("seconds")})
+        upstream = round_chain(planned)
+    return rows
+
+
 def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upstream: str, forced: bool,
                from_stage: str | None, until: str | None) -> tuple[str, bool]:
     """The stages of one round into `where` (recorded in where/stages.json); returns the last fingerprint
@@ -348,16 +386,17 @@ def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upst
         configs, fingerprint = planned[stage]
         forced = forced or stage == from_stage
         before = record.get(stage, {})
-        if not configs:
+        action = stage_action(before, fingerprint, forced, bool(configs))
+        if action == "skipped":
             record[stage] = {"status": "skipped", "fingerprint": fingerprint}
             continue
-        if before.get("status") == "done" and before.get("fingerprint") == fingerprint and not forced:
+        if action == "done":
             log.info("%s[%d/%d] %s: done before, skipped", name, index + 1, len(STAGES), stage)
             continue
-        if before.get("fingerprint") not in (None, fingerprint) or (forced and before):
+        if action.startswith("rerun"):
             _move_aside(where, _stage_outputs(where, stage, configs), stage)
         log.info("%s[%d/%d] %s: %s", name, index + 1, len(STAGES), stage,
-                 "resuming" if before.get("status") == "running" else "running")
+                 "resuming" if action == "resume" else "running")
         record[stage] = {"status": "running", "fingerprint": fingerprint, "started": time.time()}
         _write_json(record_path, record)
         start = time.perf_counter()

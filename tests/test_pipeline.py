@@ -50,14 +50,14 @@ def test_rerun_skips_everything(smoke_run, caplog):
 
 
 def test_changed_setting_reruns_that_stage_and_later(tmp_path, smoke_run):
+    import dataclasses
     import shutil
 
     src, config, _ = smoke_run
     run = tmp_path / "copy"  # also shows a copied run folder resumes: fingerprints name paths relative to it
     shutil.copytree(src, run)
     first = stages(run)
-    config.reward = {**config.reward, "learning_rate": 1e-3}
-    run_pipeline(config, run)
+    run_pipeline(dataclasses.replace(config, reward={**config.reward, "learning_rate": 1e-3}), run)
     after = stages(run)
     for stage in ("baseline", "generate", "rank", "sft"):
         assert after[stage]["fingerprint"] == first[stage]["fingerprint"]
@@ -65,6 +65,37 @@ def test_changed_setting_reruns_that_stage_and_later(tmp_path, smoke_run):
         assert after[stage]["fingerprint"] != first[stage]["fingerprint"] and after[stage]["status"] == "done"
     stale = list((run / "stale").iterdir())
     assert any(p.name.startswith("reward-") for p in stale)  # old output moved aside, not deleted
+
+
+def test_plan_says_what_would_run_and_changes_nothing(tmp_path, smoke_run, capsys):
+    import dataclasses
+
+    from selfmotivated.pipeline import plan_pipeline
+
+    run, config, _ = smoke_run
+    before = (run / "stages.json").read_text()
+    actions = lambda rows: [r["action"] for r in rows]  # noqa: E731
+    assert actions(plan_pipeline(config, run)) == ["done"] * len(STAGES)
+    changed = plan_pipeline(dataclasses.replace(config, reward={**config.reward, "learning_rate": 1e-3}), run)
+    assert actions(changed) == ["done"] * 4 + ["rerun (settings changed)"] * 4
+    assert actions(plan_pipeline(config, run, from_stage="ppo", until="evaluate")) == \
+        ["done"] * 5 + ["rerun (--from)"] * 2
+    assert actions(plan_pipeline(config, tmp_path / "new")) == ["run"] * len(STAGES)
+    assert not (tmp_path / "new").exists()
+    two = plan_pipeline(dataclasses.replace(config, rounds=2), tmp_path / "new")
+    assert [(r["round"], r["action"]) for r in two if r["stage"] == "baseline"] == [(1, "run"), (2, "skipped")]
+
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    record = json.loads(before)
+    record["ppo"] = {**record["ppo"], "status": "running"}
+    (interrupted / "stages.json").write_text(json.dumps(record))
+    assert plan_pipeline(config, interrupted)[STAGES.index("ppo")]["action"] == "resume"
+
+    assert main(["run", str(DEMO), "--model", "tiny-random", "--out", str(run), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "reward" in out and "done (took" in out
+    assert (run / "stages.json").read_text() == before
 
 
 def test_more_test_questions_rerun_only_the_evaluations(smoke_run):
