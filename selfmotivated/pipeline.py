@@ -181,9 +181,9 @@ def policy_dir(run: Path) -> Path:
     return run / "ppo" / "policy"
 
 
-def _fingerprint(stage: str, configs: list[tuple[str, object]], run: Path, upstream: str) -> str:
-    """Hash of a stage's settings with paths inside `run` (the top run folder, also for later rounds) made
-    relative, chained to the stages before it."""
+def stage_settings(configs: list[tuple[str, object]], run: Path) -> list:
+    """A stage's settings as plain JSON: per config its label and fields, with paths inside `run` (the top run
+    folder, also for later rounds) made relative and prompt templates as a digest of their content."""
     from .prompts import templates_digest
 
     def relative(value):
@@ -197,9 +197,26 @@ def _fingerprint(stage: str, configs: list[tuple[str, object]], run: Path, upstr
             return [relative(v) for v in value]
         return value
 
-    payload = {"stage": stage, "upstream": upstream,
-               "configs": [[label, relative(dataclasses.asdict(cfg))] for label, cfg in configs]}
+    settings = [[label, relative(dataclasses.asdict(cfg))] for label, cfg in configs]
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _fingerprint(stage: str, settings: list, upstream: str) -> str:
+    """Hash of a stage's settings chained to the stages before it."""
+    payload = {"stage": stage, "upstream": upstream, "configs": settings}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def changed_settings(before: list, after: list) -> list[str]:
+    """Dotted names of the settings that differ between two `stage_settings` results."""
+    def flat(value, prefix=""):
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): value}
+
+    one = {k: v for label, cfg in before for k, v in flat(cfg, f"{label}.").items()}
+    two = {k: v for label, cfg in after for k, v in flat(cfg, f"{label}.").items()}
+    return sorted(k for k in one.keys() | two.keys() if one.get(k) != two.get(k))
 
 
 def _stage_outputs(run: Path, stage: str, configs) -> list[Path]:
@@ -323,7 +340,7 @@ def round_plan(config: PipelineConfig, run: Path, round_: int, upstream: str) ->
     plan = {}
     for stage in STAGES:
         configs = list(stage_configs(config, round_dir(run, round_), stage, round_))
-        fingerprint = _fingerprint(stage, configs, run, upstream)
+        fingerprint = _fingerprint(stage, stage_settings(configs, run), upstream)
         plan[stage] = (configs, fingerprint)
         if stage not in MEASURE_STAGES:
             upstream = fingerprint
@@ -335,18 +352,25 @@ def round_chain(plan: dict) -> str:
     return plan["ppo"][1]
 
 
-def stage_action(before: dict, fingerprint: str, forced: bool, has_configs: bool = True) -> str:
-    """What `sml run` does with a stage, given its record in stages.json: "done" (skipped, up to date),
-    "skipped" (nothing to run), "run", "resume" (interrupted), "rerun (settings changed)" or
-    "rerun (--from)". A rerun moves the old outputs to RUN/stale first."""
-    if not has_configs:
+def stage_action(before: dict, fingerprint: str, forced: bool, settings: list | None = None) -> str:
+    """What `sml run` does with a stage, given its record in stages.json and its settings now (None: the
+    stage has nothing to run): "done" (up to date), "skipped", "run", "resume" (interrupted), "rerun (--from)"
+    or "rerun (...)" naming the settings that changed. A rerun moves the old outputs to RUN/stale first."""
+    if settings is None:
         return "skipped"
     if before.get("status") == "done" and before.get("fingerprint") == fingerprint and not forced:
         return "done"
     if forced and before:
         return "rerun (--from)"
     if before.get("fingerprint") not in (None, fingerprint):
-        return "rerun (settings changed)"
+        if "settings" not in before:  # recorded by a version that did not keep them
+            return "rerun (settings changed)"
+        # Named without the config's label: a stage's configs (one per model and dataset) change together.
+        changed = list(dict.fromkeys(k.split(".", 1)[-1] for k in changed_settings(before["settings"], settings)))
+        if not changed:
+            return "rerun (an earlier stage changed)"
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        return f"rerun ({shown} changed)"
     return "resume" if before.get("status") == "running" else "run"
 
 
@@ -366,8 +390,9 @@ def plan_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | Non
             configs, fingerprint = planned[stage]
             forced = forced or stage == from_stage
             before = record.get(stage, {})
+            settings = stage_settings(configs, run) if configs else None
             rows.append({"round": round_, "stage": stage, "fingerprint": fingerprint,
-                         "action": stage_action(before, fingerprint, forced, bool(configs)),
+                         "action": stage_action(before, fingerprint, forced, settings),
                          "seconds_before": before.get("seconds")})
         upstream = round_chain(planned)
     return rows
@@ -386,7 +411,8 @@ def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upst
         configs, fingerprint = planned[stage]
         forced = forced or stage == from_stage
         before = record.get(stage, {})
-        action = stage_action(before, fingerprint, forced, bool(configs))
+        settings = stage_settings(configs, run) if configs else None
+        action = stage_action(before, fingerprint, forced, settings)
         if action == "skipped":
             record[stage] = {"status": "skipped", "fingerprint": fingerprint}
             continue
@@ -396,13 +422,14 @@ def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upst
         if action.startswith("rerun"):
             _move_aside(where, _stage_outputs(where, stage, configs), stage)
         log.info("%s[%d/%d] %s: %s", name, index + 1, len(STAGES), stage,
-                 "resuming" if action == "resume" else "running")
-        record[stage] = {"status": "running", "fingerprint": fingerprint, "started": time.time()}
+                 {"resume": "resuming", "run": "running"}.get(action, action))
+        record[stage] = {"status": "running", "fingerprint": fingerprint, "started": time.time(),
+                         "settings": settings}
         _write_json(record_path, record)
         start = time.perf_counter()
         results = {label: _run_one(stage, label, cfg, where) for label, cfg in configs}
         record[stage] = {"status": "done", "fingerprint": fingerprint,
-                         "seconds": round(time.perf_counter() - start, 1)}
+                         "seconds": round(time.perf_counter() - start, 1), "settings": settings}
         _write_json(record_path, record)
         _write_json(where / f"{stage}_result.json", results)
     _write_json(record_path, record)
@@ -429,7 +456,9 @@ def write_summary(config: PipelineConfig, run: Path, record: dict) -> dict:
                                                           "majority_vote_accuracy": rerank.get("majority_vote_accuracy"),
                                                           "first_sample_accuracy": rerank.get("first_sample_accuracy")}
     summary = {"model": config.model, "dataset": config.dataset, "datasets": list(config.eval_datasets),
-               "models": models, "stages": record, "config": dataclasses.asdict(config)}
+               "models": models, "config": dataclasses.asdict(config),
+               # Each stage's full settings stay in stages.json; the config above holds what set them.
+               "stages": {stage: {k: v for k, v in info.items() if k != "settings"} for stage, info in record.items()}}
     _write_json(run / "summary.json", summary)
     return summary
 

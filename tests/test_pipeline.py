@@ -77,7 +77,11 @@ def test_plan_says_what_would_run_and_changes_nothing(tmp_path, smoke_run, capsy
     actions = lambda rows: [r["action"] for r in rows]  # noqa: E731
     assert actions(plan_pipeline(config, run)) == ["done"] * len(STAGES)
     changed = plan_pipeline(dataclasses.replace(config, reward={**config.reward, "learning_rate": 1e-3}), run)
-    assert actions(changed) == ["done"] * 4 + ["rerun (settings changed)"] * 4
+    # The plan names what changed: stages.json keeps each stage's settings beside its fingerprint.
+    assert actions(changed) == ["done"] * 4 + ["rerun (learning_rate changed)"] + \
+        ["rerun (an earlier stage changed)"] * 3
+    more = plan_pipeline(dataclasses.replace(config, test_limit=6, eval={**config.eval, "max_new_tokens": 3}), run)
+    assert more[0]["action"] == "rerun (data.limit, max_new_tokens changed)"
     assert actions(plan_pipeline(config, run, from_stage="ppo", until="evaluate")) == \
         ["done"] * 5 + ["rerun (--from)"] * 2
     assert actions(plan_pipeline(config, tmp_path / "new")) == ["run"] * len(STAGES)
