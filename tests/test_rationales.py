@@ -39,6 +39,7 @@ from selfmotivated.rationales import (
     rank_all,
     rationale_stats,
     run_generate,
+    reasoning_before_answer,
     show_question,
     split_answer_line,
 )
@@ -525,6 +526,48 @@ def test_generate_checks_consistency_by_forcing(tmp_path):
     )
     assert all(params.temperature > 0 for _, params in fake2.calls)
     assert all(r[7] is None for r in stored_rows(tmp_path / "run2").values())
+
+
+class MidwayStatementGenerator(FakeGenerator):
+    """Rationales that state their answer mid-way and again at the end. Forcing copies an answer stated in
+    the text it continues, as the real model does, else names where the reasoning leads."""
+
+    def generate(self, prompts, params, progress=False):
+        if not all(p.endswith(ANSWER_PREFIX) for p in prompts):
+            def twice(text):  # "... The answer is B." -> "... The answer is B. Here is why. The answer is B."
+                stated = re.search(r"The answer is (\S+?)\.$", text).group(1)
+                return f"{text} Here is why. The answer is {stated}."
+
+            return [[Completion(twice(c.text), c.token_ids, c.finish_reason) for c in row]
+                    for row in super().generate(prompts, params, progress)]
+        self.calls.append((list(prompts), params))
+        answers = []
+        for p in prompts:
+            stated = re.findall(r"The answer is (\w+)\.", p)
+            lead = re.findall(r"leads to (\S+?)\.", p)
+            answers.append([Completion(f" {stated[-1] if stated else lead[-1]}.", [0], "eos")])
+        return answers
+
+
+@pytest.mark.parametrize("forcing_from", ["first_answer", "last_line"])
+def test_forcing_cuts_before_the_first_answer_statement(tmp_path, forcing_from):
+    """A rationale "... leads to A. The answer is B. Here is why. The answer is B." must be forced from
+    before its first statement (the continuation then says A); cut at its last, it copies B."""
+    assert reasoning_before_answer("x leads to no. The answer is yes. Here is why. The answer is yes.") == \
+        "x leads to no."
+    assert reasoning_before_answer("No statement here.") == "No statement here."
+    assert reasoning_before_answer("2 + 2 = 4.\nQ: next? The answer is 5.") == "2 + 2 = 4."
+    fake = MidwayStatementGenerator()
+    run_generate(gen_config(tmp_path / "run", n_free=2, n_gold=2, n_wrong=1, forcing_from=forcing_from),
+                 tokenizer=tiny_tokenizer(), generator=fake, examples=coin_examples(4))
+    store = RationaleStore(tmp_path / "run", readonly=True)
+    rows = store.rationales()
+    store.close()
+    assert rows and all(r["text"].count("The answer is") == 2 for r in rows)
+    for r in rows:
+        lead = re.search(r"leads to (\w+)\.", r["text"]).group(1)
+        stated = re.search(r"The answer is (\w+)\.$", r["text"]).group(1)
+        assert r["forced"] == (lead if forcing_from == "first_answer" else stated)
 
 
 def test_choice_hint_names_the_option_and_wrong_targets_come_from_own_answers(tmp_path):

@@ -11,7 +11,7 @@ answers to rationalise), `store` (the resumable SQLite store), `rank` (tiers, pa
 functions), `export` (stats, show, export, loaders).
 """
 
-from .checks import LEAK_PATTERNS, detect_leak, split_answer_line
+from .checks import LEAK_PATTERNS, detect_leak, reasoning_before_answer, split_answer_line
 from .export import (
     EXPORT_FORMATS,
     export,
@@ -40,6 +40,7 @@ __all__ = [
     "outcome",
     "parse_tier_rules",
     "rank_all",
+    "reasoning_before_answer",
     "split_answer_line",
     "detect_leak",
     "RationaleStore",

@@ -56,8 +56,9 @@ def detect_leak(text: str) -> bool:
 def opens_with_answer(text: str, min_words: int = 5) -> bool:
     """Whether a rationale states an answer before reasoning and again at its end: fewer than `min_words`
     words come before its first answer statement, and that statement stays in the body once the final
-    one is cut (`split_answer_line`). Answer forcing cannot check such a rationale: the continuation
-    copies the answer stated above it. A gold-hinted one has mostly copied its hint."""
+    one is cut (`split_answer_line`). Answer forcing cannot check such a rationale: cut before its first
+    statement (`reasoning_before_answer`) almost nothing is left to reason from, and cut at its last, the
+    continuation copies the first. A gold-hinted one has mostly copied its hint."""
     body, line = split_answer_line(text)
     first = _ANSWER_STATEMENT_RE.search(body)
     return bool(line) and first is not None and len(body[: first.start()].split()) < min_words
@@ -89,6 +90,19 @@ def split_answer_line(text: str) -> tuple[str, str]:
     after = text[end:].strip()
     body = f"{before}\n{after}" if before.strip() and after else before or after
     return body.strip(), text[start:end].strip()
+
+
+def reasoning_before_answer(text: str) -> str:
+    """The rationale up to its FIRST answer statement: what answer forcing continues. Cutting only the final
+    statement would leave an earlier one ("... 7 + 5 = 12 cats. The answer is 12. Here's the reasoning:
+    ...") for the continuation to copy, so a hinted rationale that states its hint mid-way would pass
+    whatever its reasoning says. A rationale that never states an answer is returned whole."""
+    text = text.replace("\r\n", "\n")
+    cut = _NEW_QUESTION_RE.search(text)
+    if cut and text[: cut.start()].strip():
+        text = text[: cut.start()]
+    first = _ANSWER_STATEMENT_RE.search(text)
+    return (text[: first.start()].rstrip(" \t,;:*#_") if first else text).strip()
 
 
 def render_response(body: str, answer: str | None, answer_type: str) -> str:

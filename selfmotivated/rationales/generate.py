@@ -33,7 +33,7 @@ from pathlib import Path
 from ..answers import extract_answer
 from ..data import DataConfig, load_examples
 from ..records import Example
-from .checks import detect_leak, forced_answer, forcing_prompt, split_answer_line, strip_stop
+from .checks import detect_leak, forced_answer, forcing_prompt, reasoning_before_answer, split_answer_line, strip_stop
 from .store import RationaleStore, fingerprint
 from .wrong import WRONG_STRATEGIES, choose_wrong_answers, stable_seed
 
@@ -54,7 +54,9 @@ _SAMPLE_KEYS = (
     "seed",
     "answer_forcing",
     "forcing_max_new_tokens",
+    "forcing_from",
 )
+FORCING_FROM = ("first_answer", "last_line")
 
 
 @dataclass
@@ -139,11 +141,15 @@ class GenerateConfig:
     answer_forcing: bool = field(
         default=True,
         metadata={
-            "help": "check each rationale by forcing: unhinted prompt + rationale without its answer line + "
-            "'The answer is', continued greedily"
+            "help": "check each rationale by forcing: unhinted prompt + the rationale before its answer "
+            "(see forcing_from) + 'The answer is', continued greedily"
         },
     )
     forcing_max_new_tokens: int = field(default=16, metadata={"help": "tokens the forced answer may take"})
+    forcing_from: str = field(default="first_answer", metadata={
+        "help": "where forcing cuts the rationale: first_answer (before its first answer statement, so an "
+                "answer stated mid-way cannot be copied) or last_line (only the final statement; before "
+                "2026-11-26)", "choices": list(FORCING_FROM)})
     # running
     chunk_questions: int = field(
         default=32,
@@ -190,6 +196,8 @@ class GenerateConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.prompt not in PROMPT_STYLES:
             raise ValueError(f"prompt must be one of {PROMPT_STYLES}, got {self.prompt!r}")
+        if self.forcing_from not in FORCING_FROM:
+            raise ValueError(f"forcing_from must be one of {FORCING_FROM}, got {self.forcing_from!r}")
         if self.chat not in ("auto", "always", "never"):
             raise ValueError(f"chat must be auto, always or never, got {self.chat!r}")
         if self.wrong_strategy not in WRONG_STRATEGIES:
@@ -389,8 +397,10 @@ def run_generate(
             forced_texts: list[list[str | None]] = [[None] * n for _ in items]
             if config.answer_forcing:
                 # One greedy call over every sample of the phase (fixed composition, as the sampling call).
+                cut = reasoning_before_answer if config.forcing_from == "first_answer" else \
+                    (lambda text: split_answer_line(text)[0])
                 prompts = [
-                    forcing_prompt(eval_prompts[ex.id], split_answer_line(t)[0])
+                    forcing_prompt(eval_prompts[ex.id], cut(t))
                     for (ex, _, _), ts in zip(items, texts)
                     for t in ts
                 ]
