@@ -213,7 +213,9 @@ def load_run(run_dir: str | Path) -> Run:
     # The pipeline keeps stages.json and config.yaml up to date from the start, summary.json only at the end.
     stages = run.summary.get("stages") or _read_json(path / "stages.json", run.notes)
     run.stages = stages if isinstance(stages, dict) else {}
-    config = run.summary.get("config") or _read_yaml(path / "config.yaml", run.notes)
+    # config.yaml first: the same settings as summary.json's copy, and the file a results folder annotates.
+    config = ((_read_yaml(path / "config.yaml", run.notes) if (path / "config.yaml").is_file() else None)
+              or run.summary.get("config"))
     run.config = config if isinstance(config, dict) else {}
     # accuracy: summary.json first, then each evaluation folder for what the summary lacks
     models = _get(run.summary, "models", default={})
@@ -275,15 +277,24 @@ def _load_eval_folder(run: Run, key: str, folder: Path) -> None:
                            "metrics.json); its cell is marked *")
 
 
+def _why_absent(run: Run, stage: str) -> str:
+    """Why a stage's output is not in the folder: it has not run, or it ran and the folder is a copy
+    without it (results keep only small files)."""
+    name = {"generate": "rationale", "ppo": "PPO"}.get(stage, stage)
+    if _get(run.stages, stage, "status") == "done":
+        return f"the {name} stage ran (stages.json) but its output is not in this folder"
+    return f"the {name} stage has not run"
+
+
 def _load_stages(run: Run) -> None:
     """Rationale statistics, the reward model record, the PPO log, and the status of every stage."""
     path, notes, missing = run.path, run.notes, run.missing
     run.rationales = _load_rationale_stats(path, run.config, notes)
     if run.rationales is None:
-        missing.append("rationale store (rationales.sqlite): the rationale stage has not run")
+        missing.append(f"rationale store (rationales.sqlite): {_why_absent(run, 'generate')}")
     run.reward = _read_json(path / "reward" / "run.json", notes)
     if run.reward is None:
-        missing.append("reward model (reward/run.json): the reward stage has not run")
+        missing.append(f"reward model (reward/run.json): {_why_absent(run, 'reward')}")
     elif run.reward.get("status") != "finished":
         missing.append(f"reward model: stage status '{run.reward.get('status', 'unknown')}', not finished")
     if not run.rerank_scores:  # the reward stage's own best-of-N, when the pipeline ran none
@@ -291,7 +302,7 @@ def _load_stages(run: Run) -> None:
     run.ppo_log = _read_jsonl(path / "ppo" / "metrics.jsonl", notes)
     run.ppo_run = _read_json(path / "ppo" / "run.json", notes)
     if not run.ppo_log:
-        missing.append("PPO log (ppo/metrics.jsonl): the PPO stage has not run")
+        missing.append(f"PPO log (ppo/metrics.jsonl): {_why_absent(run, 'ppo')}")
     if run.ppo_run is None:
         if run.ppo_log:
             missing.append("PPO record (ppo/run.json): PPO is running or was killed before it finished")
@@ -347,8 +358,14 @@ def _load_rationale_stats(path: Path, config: dict, notes: list) -> dict | None:
             except Exception as err:  # noqa: BLE001
                 notes.append(f"could not read the rationale store in {folder}: {err}")
                 return None
-    stats = _read_json(path / "rationales" / "stats.json", notes)  # an export (`sml rationales export`)
-    return stats if isinstance(stats, dict) and "tiers" in stats else None
+    # Without the store (a results folder keeps only small files): the statistics the rank stage wrote
+    # beside its export, or those of `sml rationales export`.
+    for stats_path in (path / "ranked" / "stats.json", path / "rationales" / "stats.json"):
+        if stats_path.is_file():
+            stats = _read_json(stats_path, notes)
+            if isinstance(stats, dict) and "tiers" in stats:
+                return stats
+    return None
 
 
 def load_published() -> dict:
@@ -1000,7 +1017,7 @@ def _header_section(run: Run, published, config, plot_dir) -> list:
     else:
         blocks.append(Para("No stage record (neither summary.json nor stages.json lists stages).", "note"))
     if run.config:
-        source = "summary.json" if s.get("config") else "config.yaml"
+        source = "config.yaml" if (run.path / "config.yaml").is_file() else "summary.json"
         blocks.append(Code(json.dumps(run.config, indent=2, default=str),
                            f"Resolved pipeline config (from {source}):"))
     return blocks
@@ -1075,7 +1092,7 @@ def _no_answer(cell: dict | None) -> str:
 def _rationale_section(run: Run, published, config, plot_dir) -> list:
     st = run.rationales
     if not st:
-        return [Para("No rationale store in this run folder: the rationale stage has not run.", "warn")]
+        return [Para(f"No rationale store or statistics in this run folder: {_why_absent(run, 'generate')}.", "warn")]
     tiers = sorted({t for s in [st, *st.get("by_dataset", {}).values()] for t in s.get("tiers", {})},
                    key=lambda t: int(t) if str(t).lstrip("-").isdigit() else 0, reverse=True)
 
@@ -1112,7 +1129,7 @@ def _rationale_section(run: Run, published, config, plot_dir) -> list:
 def _reward_section(run: Run, published, config, plot_dir) -> list:
     rec = run.reward
     if not rec:
-        return [Para("No reward model record (reward/run.json): the reward stage has not run.", "warn")]
+        return [Para(f"No reward model record (reward/run.json): {_why_absent(run, 'reward')}.", "warn")]
     metrics = rec.get("metrics") or {}
     held = metrics.get("heldout") or {}
     start = metrics.get("heldout_start") or {}
@@ -1188,7 +1205,7 @@ def ppo_accuracy_label(run: Run) -> str:
 
 def _ppo_section(run: Run, published, config, plot_dir) -> list:
     if not run.ppo_log:
-        return [Para("No PPO log (ppo/metrics.jsonl): the PPO stage has not run.", "warn")]
+        return [Para(f"No PPO log (ppo/metrics.jsonl): {_why_absent(run, 'ppo')}.", "warn")]
     o = ppo_overview(run)
     rows = [[label] + [num(o[name][k], digits) for k in ("first", "last", "min", "max")]
             for _, name, label, digits in _PPO_ROWS if name in o]

@@ -225,6 +225,22 @@ def test_run_without_ppo_still_reports_and_says_what_is_missing(tmp_path):
     assert page.count("data:image/png;base64,") == len(list((run / "plots").glob("*.png"))) == 3
 
 
+def test_a_results_copy_without_the_store_keeps_its_rationale_statistics(tmp_path):
+    """A results folder keeps only small files: the rank stage's ranked/stats.json stands in for the store,
+    and output that was left out is said to be left out, not "not run"."""
+    from selfmotivated.rationales import rationale_stats
+
+    source = tmp_path / "source"
+    make_store(source)
+    run = make_run(tmp_path, store=False)
+    _write(run / "ranked" / "stats.json", rationale_stats(source))
+    (run / "ppo" / "metrics.jsonl").unlink()
+    md = Path(make_report([str(run)])["markdown"]).read_text()
+    rationales = md.split("## Rationales")[1].split("## ")[0]
+    assert "No rationale store" not in rationales and "| coin_flip | 3 | 6 |" in rationales
+    assert "PPO log (ppo/metrics.jsonl): the PPO stage ran (stages.json) but its output is not in this folder" in md
+
+
 def test_run_stopped_part_way_as_the_pipeline_leaves_it(tmp_path):
     """No summary.json (written at the end), but stages.json, config.yaml and a half-written evaluation."""
     run = tmp_path / "partial"
