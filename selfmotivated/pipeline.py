@@ -79,7 +79,10 @@ class PipelineConfig:
         if self.templates:
             from .prompts import load_templates
 
-            load_templates(self.templates)  # a missing or bad file fails now, not at the first prompt
+            try:  # a missing or bad file fails now, naming the key, not at the first prompt
+                load_templates(self.templates)
+            except (OSError, ValueError) as err:
+                raise type(err)(f"templates: {err}") from None
         for section in SECTIONS:
             if not isinstance(getattr(self, section), dict):
                 raise ValueError(f"section {section!r} must be a mapping of settings")
@@ -334,14 +337,16 @@ def run_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | None
     return summary
 
 
-def round_plan(config: PipelineConfig, run: Path, round_: int, upstream: str) -> dict[str, tuple[list, str]]:
-    """stage -> (its (label, config) pairs, its fingerprint) for one round, chained from `upstream` (the
-    fingerprint of the last stage before this round; "" for round 1). `config` is the round's own."""
+def round_plan(config: PipelineConfig, run: Path, round_: int, upstream: str) -> dict[str, tuple[list, str, list]]:
+    """stage -> (its (label, config) pairs, its fingerprint, its `stage_settings`) for one round, chained from
+    `upstream` (the fingerprint of the last stage before this round; "" for round 1). `config` is the round's
+    own."""
     plan = {}
     for stage in STAGES:
         configs = list(stage_configs(config, round_dir(run, round_), stage, round_))
-        fingerprint = _fingerprint(stage, stage_settings(configs, run), upstream)
-        plan[stage] = (configs, fingerprint)
+        settings = stage_settings(configs, run)
+        fingerprint = _fingerprint(stage, settings, upstream)
+        plan[stage] = (configs, fingerprint, settings)
         if stage not in MEASURE_STAGES:
             upstream = fingerprint
     return plan
@@ -383,16 +388,14 @@ def plan_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | Non
     last = STAGES.index(until) if until else len(STAGES) - 1
     rows, upstream, forced = [], "", False
     for round_ in range(1, rounds + 1):
-        where, settings = round_dir(run, round_), round_config(config, run, round_)
-        record = _read_json(where / "stages.json")
-        planned = round_plan(settings, run, round_, upstream)
+        record = _read_json(round_dir(run, round_) / "stages.json")
+        planned = round_plan(round_config(config, run, round_), run, round_, upstream)
         for stage in STAGES[: last + 1]:
-            configs, fingerprint = planned[stage]
+            configs, fingerprint, settings = planned[stage]
             forced = forced or stage == from_stage
             before = record.get(stage, {})
-            settings = stage_settings(configs, run) if configs else None
             rows.append({"round": round_, "stage": stage, "fingerprint": fingerprint,
-                         "action": stage_action(before, fingerprint, forced, settings),
+                         "action": stage_action(before, fingerprint, forced, settings if configs else None),
                          "seconds_before": before.get("seconds")})
         upstream = round_chain(planned)
     return rows
@@ -408,11 +411,10 @@ def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upst
     name = f"round {round_} " if config.rounds > 1 else ""
     planned = round_plan(config, run, round_, upstream)
     for index, stage in enumerate(STAGES[: last + 1]):
-        configs, fingerprint = planned[stage]
+        configs, fingerprint, settings = planned[stage]
         forced = forced or stage == from_stage
         before = record.get(stage, {})
-        settings = stage_settings(configs, run) if configs else None
-        action = stage_action(before, fingerprint, forced, settings)
+        action = stage_action(before, fingerprint, forced, settings if configs else None)
         if action == "skipped":
             record[stage] = {"status": "skipped", "fingerprint": fingerprint}
             continue

@@ -128,8 +128,8 @@ def test_prompt_templates_reach_every_prompt_and_count_by_content(tmp_path, smok
     before = round_plan(config, run, 1, "")
     same = tmp_path / "same.json"
     same.write_text("{}")
-    assert {s: fp for s, (_, fp) in round_plan(dataclasses.replace(config, templates=str(same)), run, 1, "").items()} \
-        == {s: fp for s, (_, fp) in before.items()}
+    assert {s: fp for s, (_, fp, _) in round_plan(dataclasses.replace(config, templates=str(same)), run, 1, "").items()} \
+        == {s: fp for s, (_, fp, _) in before.items()}
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps({"response_start": "Let us reason."}))
     after = round_plan(dataclasses.replace(config, templates=str(edited)), run, 1, "")
@@ -171,7 +171,7 @@ def test_second_round_starts_from_the_first_rounds_sml_model(tmp_path, smoke_run
         return one, round_plan(round_config(settings, run, 2), run, 2, round_chain(one))
 
     one, second = plans(dataclasses.replace(config, rounds=2))
-    assert {s: fp for s, (_, fp) in second.items()} == {s: stages(two)[s]["fingerprint"] for s in STAGES}
+    assert {s: fp for s, (_, fp, _) in second.items()} == {s: stages(two)[s]["fingerprint"] for s in STAGES}
     changed_one, changed_two = plans(dataclasses.replace(config, rounds=2, ppo={**config.ppo, "learning_rate": 1e-3}))
     assert changed_one["reward"][1] == one["reward"][1] and changed_one["ppo"][1] != one["ppo"][1]
     assert all(changed_two[s][1] != second[s][1] for s in STAGES)

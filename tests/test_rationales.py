@@ -785,6 +785,8 @@ def test_bad_settings_give_clear_errors(tmp_path):
         GenerateConfig(run_dir="x", wrong_strategy="own", n_free=0)
     with pytest.raises(ValueError, match="prompt must be"):
         GenerateConfig(run_dir="x", prompt="three_shot")
+    with pytest.raises(ValueError, match="forcing_from must be one of"):
+        GenerateConfig(run_dir="x", forcing_from="middle")
     with pytest.raises(ValueError, match="unknown kind 'hinted'"):
         RankConfig(tier_rules="hinted/consistent=3")
     with pytest.raises(ValueError, match="unknown outcome 'lucky'"):
