@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,6 +136,7 @@ class Run:
     datasets: list = field(default_factory=list)
     accuracy: dict = field(default_factory=dict)  # model key -> dataset -> cell (accuracy, ci95, n, ...)
     lengths: dict = field(default_factory=dict)  # model key -> dataset -> [(new_tokens, finish_reason)]
+    answers: dict = field(default_factory=dict)  # model key -> dataset -> [(prediction, gold)] (test outputs)
     rationales: dict | None = None  # rationale_stats
     reward: dict | None = None  # reward/run.json
     best_of_n: dict = field(default_factory=dict)  # dataset -> rerank metrics (+ "config")
@@ -254,6 +256,7 @@ def _load_eval_folder(run: Run, key: str, folder: Path) -> None:
     if rows:
         run.lengths.setdefault(key, {})[dataset] = [
             (r["new_tokens"], r.get("finish_reason")) for r in rows if _num(r.get("new_tokens")) is not None]
+        run.answers.setdefault(key, {})[dataset] = [(r.get("prediction"), r.get("gold")) for r in rows]
     rerank = _read_json(folder / "rerank_metrics.json", notes)
     if isinstance(rerank, dict) and isinstance(rerank.get("metrics"), dict):
         run.best_of_n[dataset] = {**rerank["metrics"], "config": rerank.get("config") or {}}
@@ -1304,7 +1307,29 @@ def _accuracy_facts(run: Run, published: dict) -> list[str]:
         if silent:
             items.append(f"No readable final answer on many {d} questions ({'; '.join(silent)}): check the "
                          "answer format and max_new_tokens before reading these accuracies as reasoning.")
+        habits = [(k, f) for k in _model_keys(run) if (f := favourite_answer(run.answers.get(k, {}).get(d, [])))]
+        if habits:
+            said = "; ".join(f"{MODELS.get(k, k)} answers {top} in {count} of its {n} answers ({count / n:.0%}; "
+                             f"{gold:.0%} of the gold answers are {top})" for k, (top, count, n, gold) in habits)
+            items.append(f"A favourite answer on {d}: {said}. Such a model answers by habit: its accuracy there "
+                         "mostly measures how often the habit matches the gold, not its reasoning.")
     return items
+
+
+def favourite_answer(pairs: list, max_labels: int = 10, min_answers: int = 20) -> tuple | None:
+    """(answer, times given, answers given, its share of the gold answers) when one answer dominates a model's
+    (prediction, gold) pairs on a task with few possible answers (choice letters, yes/no), else None.
+    Dominates: its share of the answers is more than halfway from its share of the gold answers to all."""
+    golds = Counter(str(g) for _, g in pairs if g is not None)
+    answered = Counter(str(p) for p, _ in pairs if p is not None)
+    n = sum(answered.values())
+    if n < min_answers or not golds or len(golds) > max_labels:
+        return None
+    top, count = answered.most_common(1)[0]
+    gold_share = golds.get(top, 0) / sum(golds.values())
+    if count / n <= (1 + gold_share) / 2:
+        return None
+    return top, count, n, gold_share
 
 
 def _data_facts(run: Run, config: ReportConfig) -> list[str]:

@@ -11,6 +11,7 @@ from selfmotivated.rationales import RationaleStore
 from selfmotivated.report import (
     ReportConfig,
     failure_signatures,
+    favourite_answer,
     fmt_cell,
     load_published,
     load_run,
@@ -329,6 +330,29 @@ def test_same_folder_names_are_told_apart(tmp_path):
     a, b = make_run(tmp_path / "x", "run"), make_run(tmp_path / "y", "run")
     md = Path(make_report([str(a), str(b)], out=str(tmp_path / "cmp"), plots=False)["markdown"]).read_text()
     assert cells(md, "x/run")[0] == "x/run" and cells(md, "y/run")[0] == "y/run"
+
+
+def test_a_favourite_answer_is_named_and_a_spread_of_answers_is_not(tmp_path):
+    golds = ["ABCDE"[i % 5] for i in range(50)]
+    habit = list(zip(["A"] * 35 + ["B", "C", "D"] * 5, golds))  # A 70% of answers, 20% of golds
+    assert favourite_answer(habit) == ("A", 35, 50, 0.2)
+    assert favourite_answer(list(zip(golds, golds))) is None  # answers spread like the golds
+    yes_no = ["yes", "no"] * 20
+    assert favourite_answer(list(zip(["yes"] * 30 + ["no"] * 10, yes_no))) is None  # 75%: halfway, not beyond
+    assert favourite_answer(list(zip(["yes"] * 31 + ["no"] * 9, yes_no)))[:2] == ("yes", 31)
+    assert favourite_answer([("7", str(i)) for i in range(40)]) is None  # numbers: too many possible answers
+    assert favourite_answer(habit[:19]) is None  # too few answers to tell
+    assert favourite_answer([(None, g) for g in golds]) is None
+
+    run = make_run(tmp_path)
+    _write_jsonl(run / "eval" / "base" / "coin_flip" / "predictions.jsonl", [
+        {"id": f"c{i}", "prediction": None if i % 10 == 0 else "no", "gold": ["yes", "no"][i % 2],
+         "correct": i % 2 == 1 and i % 10 != 0, "new_tokens": 50, "finish_reason": "stop"} for i in range(40)])
+    make_report([str(run)])
+    md = (run / "report.md").read_text()
+    assert ("A favourite answer on coin_flip: base, zero-shot CoT answers no in 36 of its 36 answers (100%; 50% "
+            "of the gold answers are no). Such a model answers by habit") in md
+    assert "favourite answer on gsm8k" not in md
 
 
 def test_failure_signatures_flag_reward_hacking_not_a_healthy_run():
