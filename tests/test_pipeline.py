@@ -7,9 +7,11 @@ import pytest
 import yaml
 
 from selfmotivated.cli import main
-from selfmotivated.pipeline import STAGES, load_pipeline_config, run_pipeline, smoke_config
+from selfmotivated.pipeline import STAGES, load_pipeline_config, plan_pipeline, run_pipeline, smoke_config
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "configs" / "demo.yaml"
+SHIPPED = sorted(REPO.glob("configs/*.yaml")) + sorted(REPO.glob("results/*/config.yaml"))
 
 
 def stages(run: Path) -> dict:
@@ -24,6 +26,17 @@ def smoke_run(tmp_path_factory):
     config.report = False
     summary = run_pipeline(config, run)
     return run, config, summary
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
+def test_shipped_configs_are_valid_for_every_stage(path, tmp_path, monkeypatch):
+    """The presets and the results' configs (what the README tells people to run) build every stage's config,
+    templates files included, as `sml run --plan` does."""
+    monkeypatch.chdir(REPO)  # results configs name their templates file from the repository root
+    config = load_pipeline_config(path)
+    rows = plan_pipeline(config, tmp_path / "run")
+    assert [r["stage"] for r in rows if r["round"] == 1] == list(STAGES)
+    assert {r["action"] for r in rows} <= {"run", "skipped"}
 
 
 def test_every_stage_runs_and_summary_has_all_models(smoke_run):
