@@ -316,7 +316,9 @@ def run_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | None
     for round_ in range(1, rounds + 1):
         where, settings = round_dir(run, round_), round_config(config, run, round_)
         where.mkdir(parents=True, exist_ok=True)
-        (where / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(settings), sort_keys=False))
+        text, saved = yaml.safe_dump(dataclasses.asdict(settings), sort_keys=False), where / "config.yaml"
+        if not saved.is_file() or saved.read_text() != text:  # kept on resume: its time is when the run began
+            saved.write_text(text)
         upstream, forced = _run_round(settings, run, where, round_, upstream, forced, from_stage, until)
         summaries.append(write_summary(settings, where, _read_json(where / "stages.json")))
     summary = summaries[0]

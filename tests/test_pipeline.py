@@ -55,11 +55,12 @@ def test_every_stage_runs_and_summary_has_all_models(smoke_run):
 
 def test_rerun_skips_everything(smoke_run, caplog):
     run, config, _ = smoke_run
-    before = {p: p.stat().st_mtime_ns for p in (run / "eval").rglob("predictions.jsonl")}
+    kept = [*(run / "eval").rglob("predictions.jsonl"), run / "config.yaml"]  # config.yaml: the run's start
+    before = {p: p.stat().st_mtime_ns for p in kept}
     with caplog.at_level("INFO"):
         run_pipeline(config, run)
     assert sum("done before, skipped" in r.message for r in caplog.records) == len(STAGES)
-    assert {p: p.stat().st_mtime_ns for p in (run / "eval").rglob("predictions.jsonl")} == before
+    assert {p: p.stat().st_mtime_ns for p in kept} == before
 
 
 def test_changed_setting_reruns_that_stage_and_later(tmp_path, smoke_run):
