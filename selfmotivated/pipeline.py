@@ -340,15 +340,15 @@ def run_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | None
 
 
 def round_plan(config: PipelineConfig, run: Path, round_: int, upstream: str) -> dict[str, tuple[list, str, list]]:
-    """stage -> (its (label, config) pairs, its fingerprint, its `stage_settings`) for one round, chained from
-    `upstream` (the fingerprint of the last stage before this round; "" for round 1). `config` is the round's
-    own."""
+    """stage -> (its (label, config) pairs, its fingerprint, its `stage_settings` or None when it has nothing to
+    run) for one round, chained from `upstream` (the fingerprint of the last stage before this round; "" for
+    round 1). `config` is the round's own."""
     plan = {}
     for stage in STAGES:
         configs = list(stage_configs(config, round_dir(run, round_), stage, round_))
         settings = stage_settings(configs, run)
         fingerprint = _fingerprint(stage, settings, upstream)
-        plan[stage] = (configs, fingerprint, settings)
+        plan[stage] = (configs, fingerprint, settings if configs else None)
         if stage not in MEASURE_STAGES:
             upstream = fingerprint
     return plan
@@ -397,7 +397,7 @@ def plan_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | Non
             forced = forced or stage == from_stage
             before = record.get(stage, {})
             rows.append({"round": round_, "stage": stage, "fingerprint": fingerprint,
-                         "action": stage_action(before, fingerprint, forced, settings if configs else None),
+                         "action": stage_action(before, fingerprint, forced, settings),
                          "seconds_before": before.get("seconds")})
         upstream = round_chain(planned)
     return rows
@@ -416,7 +416,7 @@ def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upst
         configs, fingerprint, settings = planned[stage]
         forced = forced or stage == from_stage
         before = record.get(stage, {})
-        action = stage_action(before, fingerprint, forced, settings if configs else None)
+        action = stage_action(before, fingerprint, forced, settings)
         if action == "skipped":
             record[stage] = {"status": "skipped", "fingerprint": fingerprint}
             continue

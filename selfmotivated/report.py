@@ -216,8 +216,7 @@ def load_run(run_dir: str | Path) -> Run:
     stages = run.summary.get("stages") or _read_json(path / "stages.json", run.notes)
     run.stages = stages if isinstance(stages, dict) else {}
     # config.yaml first: the same settings as summary.json's copy, and the file a results folder annotates.
-    config = ((_read_yaml(path / "config.yaml", run.notes) if (path / "config.yaml").is_file() else None)
-              or run.summary.get("config"))
+    config = _read_yaml(path / "config.yaml", run.notes) or run.summary.get("config")
     run.config = config if isinstance(config, dict) else {}
     # accuracy: summary.json first, then each evaluation folder for what the summary lacks
     models = _get(run.summary, "models", default={})

@@ -56,7 +56,12 @@ _SAMPLE_KEYS = (
     "forcing_max_new_tokens",
     "forcing_from",
 )
-FORCING_FROM = ("first_answer", "last_line")
+# Where answer forcing cuts a rationale (GenerateConfig.forcing_from) -> the text it continues from.
+FORCING_CUTS = {
+    "first_answer": reasoning_before_answer,
+    "last_line": lambda text: split_answer_line(text)[0],
+}
+FORCING_FROM = tuple(FORCING_CUTS)
 
 
 @dataclass
@@ -397,8 +402,7 @@ def run_generate(
             forced_texts: list[list[str | None]] = [[None] * n for _ in items]
             if config.answer_forcing:
                 # One greedy call over every sample of the phase (fixed composition, as the sampling call).
-                cut = reasoning_before_answer if config.forcing_from == "first_answer" else \
-                    (lambda text: split_answer_line(text)[0])
+                cut = FORCING_CUTS[config.forcing_from]
                 prompts = [
                     forcing_prompt(eval_prompts[ex.id], cut(t))
                     for (ex, _, _), ts in zip(items, texts)
