@@ -47,9 +47,9 @@ from typing import Callable, Sequence
 from .data import DataConfig
 from .models import resolve_model
 from .training import (
-    Loop, TrainConfig, TrainerState, add_lora, check_max_length, deal_eval, deal_steps, fingerprint, fit,
+    Loop, TrainConfig, TrainerState, add_lora, check_max_length, deal_eval, fingerprint, fit,
     hf_progress_bars_off, length_grouped_batches, make_accelerator, make_optimizer, make_scheduler,
-    prepare_out, load_rows, resolve_out, resume_state, save_model_folder, set_seed,
+    plan_training_steps, prepare_out, load_rows, resolve_out, resume_state, save_model_folder, set_seed,
     settings_of, split_by_group, write_json, write_run_record,
 )
 
@@ -515,18 +515,9 @@ def run_reward(config: RewardConfig) -> dict:
     train_idx, val_idx = split_by_group([it["question_id"] for it in items], config.val_fraction, config.seed)
     train, val = [items[i] for i in train_idx], [items[i] for i in val_idx]
     cost = [sum(len(s) for s in it["seqs"]) for it in train]  # bucket questions by their total tokens
-    P, A = accelerator.num_processes, config.grad_accum
-    n_batches = len(length_grouped_batches(cost, config.batch_size, config.seed, 0))
-    steps_per_epoch = n_batches // (P * A)
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train)} training questions make {n_batches} batches of {config.batch_size}, fewer "
-                         f"than one optimizer step needs ({P} processes x {A} accumulation); lower batch_size")
-    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    plan_epoch, plan = plan_training_steps(train, cost, config, accelerator, "questions")
+    steps_per_epoch, total_steps = plan["steps_per_epoch"], plan["total_steps"]
     pad_id = tokenizer.pad_token_id
-
-    def plan_epoch(epoch: int):
-        batches = length_grouped_batches(cost, config.batch_size, config.seed, epoch)
-        return [[[train[i] for i in b] for b in step] for step in deal_steps(batches, P, accelerator.process_index, A)]
 
     def loss_fn(model, group):
         return reward_loss(model, collate_groups(group, pad_id, config.margin_per_tier_gap, accelerator.device))
@@ -542,7 +533,7 @@ def run_reward(config: RewardConfig) -> dict:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     state = TrainerState(data_fingerprint=fingerprint([[it["seqs"], it["pairs"]] for it in train]),
-                         batches_per_step=P * A)
+                         batches_per_step=accelerator.num_processes * config.grad_accum)
     if resume_from is not None:
         state = resume_state(accelerator, resume_from, state, out)
     elif val:
@@ -557,9 +548,7 @@ def run_reward(config: RewardConfig) -> dict:
             "pairs_per_question": {"min": min(n_pairs), "mean": round(statistics.fmean(n_pairs), 2),
                                    "max": max(n_pairs)},
             "tier_counts": dict(Counter(str(t) for it in items for t in it["tiers"])),
-            "batches_per_epoch": n_batches, "batches_left_out_per_epoch": n_batches - steps_per_epoch * P * A,
-            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-            "planned_padding_fraction": round(group_padding_fraction(
+            **plan, "planned_padding_fraction": round(group_padding_fraction(
                 train, length_grouped_batches(cost, config.batch_size, config.seed, 0)), 4)}
     write_run_record(out, "reward", settings, "running", data, {}, state, accelerator)
 

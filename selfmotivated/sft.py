@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .training import (
-    Loop, TrainConfig, TrainerState, add_lora, check_max_length, deal_eval, deal_steps, fingerprint, fit,
-    hf_progress_bars_off, length_grouped_batches, make_accelerator, make_optimizer,
-    make_scheduler, padding_fraction, prepare_out, load_rows, resolve_out, resume_state, save_model_folder,
+    Loop, TrainConfig, TrainerState, add_lora, check_max_length, deal_eval, fingerprint, fit,
+    hf_progress_bars_off, length_grouped_batches, make_accelerator, make_optimizer, make_scheduler,
+    padding_fraction, plan_training_steps, prepare_out, load_rows, resolve_out, resume_state, save_model_folder,
     set_seed, settings_of, split_by_group, write_run_record,
 )
 
@@ -199,18 +199,9 @@ def run_sft(config: SFTConfig) -> dict:
     train = [items[i] for i in train_idx]
     val = [items[i] for i in val_idx]
     lengths = [len(it["ids"]) for it in train]
-    P, A = accelerator.num_processes, config.grad_accum
-    n_batches = len(length_grouped_batches(lengths, config.batch_size, config.seed, 0))
-    steps_per_epoch = n_batches // (P * A)
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train)} training rows make {n_batches} batches of {config.batch_size}, fewer than "
-                         f"one optimizer step needs ({P} processes x {A} accumulation); lower batch_size")
-    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    plan_epoch, plan = plan_training_steps(train, lengths, config, accelerator, "rows")
+    steps_per_epoch, total_steps = plan["steps_per_epoch"], plan["total_steps"]
     pad_id = tokenizer.pad_token_id
-
-    def plan_epoch(epoch: int) -> list[list[list[dict]]]:
-        batches = length_grouped_batches(lengths, config.batch_size, config.seed, epoch)
-        return [[[train[i] for i in b] for b in step] for step in deal_steps(batches, P, accelerator.process_index, A)]
 
     def loss_fn(model, batch_items):
         return sft_loss(model, collate_sft(batch_items, pad_id, accelerator.device))
@@ -219,7 +210,7 @@ def run_sft(config: SFTConfig) -> dict:
 
     def evaluate(model) -> dict:
         total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (loss sum, tokens)
-        for b, counts in deal_eval(val_batches, P, accelerator.process_index):
+        for b, counts in deal_eval(val_batches, accelerator.num_processes, accelerator.process_index):
             losses = sft_token_losses(model, collate_sft([val[i] for i in b], pad_id, accelerator.device))
             if counts:
                 total += torch.stack([losses.double().sum(), torch.tensor(losses.numel(), dtype=torch.float64,
@@ -231,7 +222,8 @@ def run_sft(config: SFTConfig) -> dict:
     scheduler = make_scheduler(optimizer, config, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    state = TrainerState(data_fingerprint=fingerprint([it["ids"] for it in train]), batches_per_step=P * A)
+    state = TrainerState(data_fingerprint=fingerprint([it["ids"] for it in train]),
+                         batches_per_step=accelerator.num_processes * config.grad_accum)
     if resume_from is not None:
         state = resume_state(accelerator, resume_from, state, out)
     elif val:
@@ -242,9 +234,7 @@ def run_sft(config: SFTConfig) -> dict:
     data = {"rows": len(rows), "dropped_too_long": n_dropped, "train_rows": len(train), "val_rows": len(val),
             "train_questions": len({it["group"] for it in train}), "val_questions": len({it["group"] for it in val}),
             "train_response_tokens": sum(len(it["ids"]) - it["n_prompt"] for it in train),
-            "batches_per_epoch": n_batches, "batches_left_out_per_epoch": n_batches - steps_per_epoch * P * A,
-            "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-            "planned_padding_fraction": round(padding_fraction(
+            **plan, "planned_padding_fraction": round(padding_fraction(
                 length_grouped_batches(lengths, config.batch_size, config.seed, 0), lengths), 4)}
     write_run_record(out, "sft", settings, "running", data, {}, state, accelerator)
 

@@ -292,6 +292,30 @@ def deal_steps(batches: Sequence, num_processes: int, process_index: int, grad_a
     return steps
 
 
+def plan_training_steps(train: Sequence, costs: Sequence[int], config, accelerator,
+                        unit: str) -> tuple[Callable[[int], list[list[list]]], dict]:
+    """Plan a trainer's epochs: `train` items in length buckets by `costs`, dealt to optimizer steps
+    (batch_size, grad_accum, epochs, max_steps and seed from the stage's `config`).
+
+    Returns plan_epoch(epoch) -> this process's micro-batches of items per step (for `Loop`), and the
+    plan's figures for the run record. `unit` names the items in the error raised when they cannot fill one
+    optimizer step."""
+    P, A = accelerator.num_processes, config.grad_accum
+    n_batches = len(length_grouped_batches(costs, config.batch_size, config.seed, 0))
+    steps_per_epoch = n_batches // (P * A)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train)} training {unit} make {n_batches} batches of {config.batch_size}, fewer "
+                         f"than one optimizer step needs ({P} processes x {A} accumulation); lower batch_size")
+
+    def plan_epoch(epoch: int) -> list[list[list]]:
+        batches = length_grouped_batches(costs, config.batch_size, config.seed, epoch)
+        return [[[train[i] for i in b] for b in step] for step in deal_steps(batches, P, accelerator.process_index, A)]
+
+    figures = {"batches_per_epoch": n_batches, "batches_left_out_per_epoch": n_batches - steps_per_epoch * P * A,
+               "steps_per_epoch": steps_per_epoch, "total_steps": config.max_steps or config.epochs * steps_per_epoch}
+    return plan_epoch, figures
+
+
 def deal_eval(batches: Sequence, num_processes: int, process_index: int) -> list[tuple[Any, bool]]:
     """This process's evaluation batches as (batch, counts) pairs. Every process gets the same number of
     batches (collectives under DDP/FSDP must match): short ones repeat a batch with counts=False."""

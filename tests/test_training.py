@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from selfmotivated.reward import RewardConfig, run_reward
 from selfmotivated.sft import SFTConfig, run_sft
 from selfmotivated.training import (
-    checkpoint_dirs, deal_eval, deal_steps, length_grouped_batches, padding_fraction, split_by_group,
+    checkpoint_dirs, deal_eval, deal_steps, length_grouped_batches, padding_fraction,
+    plan_training_steps, split_by_group,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +74,26 @@ def test_one_process_with_accumulation_sees_the_same_batches_as_two_processes():
     assert len(one) == len(two[0]) == len(two[1]) == 5  # the ragged 11th batch is left out
     for s in range(5):
         assert sorted(sum(one[s], [])) == sorted(two[0][s][0] + two[1][s][0])
+
+
+def test_training_plan_deals_items_to_steps_and_refuses_too_few_for_one_step():
+    from types import SimpleNamespace
+
+    items = [f"row{i}" for i in range(10)]
+    costs = list(range(10))
+    config = SFTConfig(batch_size=3, grad_accum=2, epochs=2)
+    one_process = SimpleNamespace(num_processes=1, process_index=0)
+    plan_epoch, figures = plan_training_steps(items, costs, config, one_process, "rows")
+    assert figures == {"batches_per_epoch": 4, "batches_left_out_per_epoch": 0, "steps_per_epoch": 2,
+                       "total_steps": 4}
+    for epoch in range(2):
+        steps = plan_epoch(epoch)
+        assert len(steps) == 2 and all(len(micro) == 2 for micro in steps)
+        assert sorted(row for micro in steps for batch in micro for row in batch) == sorted(items)
+    assert plan_epoch(0) != plan_epoch(1)  # reshuffled each epoch
+
+    with pytest.raises(ValueError, match=r"10 training rows make 1 batches of 16.*1 processes x 2 accumulation"):
+        plan_training_steps(items, costs, SFTConfig(batch_size=16, grad_accum=2), one_process, "rows")
 
 
 def test_eval_batches_are_split_evenly_and_counted_once():
