@@ -190,17 +190,18 @@ def _run_pipeline(args):
 
 
 def _add_report(sub):
+    from .report import ReportConfig
+
     p = sub.add_parser("report", help="report.md/report.html with tables and plots of one run, or compare runs")
     p.add_argument("runs", nargs="+", help="run folder(s) of `sml run`")
-    p.add_argument("--out", help="output folder when comparing several runs")
+    add_config_args(p, ReportConfig)
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args):
-    from .report import make_report
+    from .report import ReportConfig, run_report
 
-    result = make_report(args.runs, out=args.out)
-    _print(result, True)
+    _print(run_report(config_from_args(ReportConfig, args, source="flags")), True)
 
 
 # --- rationales -------------------------------------------------------------------------------------------

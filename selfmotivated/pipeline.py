@@ -327,15 +327,12 @@ def run_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | None
                              for r, s in enumerate(summaries, start=1)]
         _write_json(run / "summary.json", summary)
     if config.report and until is None:
-        try:
-            from .report import make_report
+        from .report import make_report
 
-            for round_ in range(1, rounds + 1):
-                make_report([str(round_dir(run, round_))])
-            if rounds > 1:  # the rounds side by side
-                make_report([str(round_dir(run, r)) for r in range(1, rounds + 1)], out=str(run / "rounds"))
-        except ImportError:  # the report module is optional while it is being built
-            pass
+        for round_ in range(1, rounds + 1):
+            make_report([str(round_dir(run, round_))])
+        if rounds > 1:  # the rounds side by side
+            make_report([str(round_dir(run, r)) for r in range(1, rounds + 1)], out=str(run / "rounds"))
     return summary
 
 

@@ -424,3 +424,18 @@ def test_config_checks_and_unknown_published_row(tmp_path):
     with pytest.raises(FileNotFoundError):
         make_report([str(tmp_path / "nope")])
     assert load_run(run).accuracy["sft"]["coin_flip"]["n"] == 150
+
+
+def test_sml_report_takes_every_report_setting_as_a_flag(tmp_path, capsys):
+    from selfmotivated.cli import main
+
+    run = make_run(tmp_path, ppo=None, store=False, reward=False)
+    out = tmp_path / "plain"
+    assert main(["report", str(run), "--out", str(out), "--published", "random", "--no-plots"]) == 0
+    md = (out / "report.md").read_text()
+    assert "random baseline" in md and "GPT-2 124M Fine-tune-CoT" not in md
+    assert not (out / "plots").exists() and "](plots/" not in md
+    assert json.loads(capsys.readouterr().out)["plots"] == []
+
+    assert main(["report", str(run), "--entropy-drop", "2"]) == 2
+    assert "entropy_drop must be between 0 and 1" in capsys.readouterr().err
