@@ -13,24 +13,18 @@ from .runs import MODELS, Run, _num
 
 
 @dataclass
-
-
 class Heading:
     level: int
     text: str
 
 
 @dataclass
-
-
 class Para:
     text: str
     style: str = ""  # "" | "note" | "warn"
 
 
 @dataclass
-
-
 class Table:
     header: list
     rows: list
@@ -38,23 +32,17 @@ class Table:
 
 
 @dataclass
-
-
 class Bullets:
     items: list
 
 
 @dataclass
-
-
 class Code:
     text: str
     summary: str = ""  # HTML shows it folded under this line
 
 
 @dataclass
-
-
 class Image:
     path: Path
     caption: str

@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-
-
 class ReportConfig:
     """`sml report`: a report of one run folder, or a comparison of several."""
 

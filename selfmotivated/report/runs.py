@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 PUBLISHED_FILE = Path(__file__).parent.parent / "resources" / "published.json"
 
 
@@ -23,8 +22,6 @@ BEST_OF_N = "sml_best_of_n"
 
 
 @dataclass
-
-
 class Run:
     path: Path
     name: str

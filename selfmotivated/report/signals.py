@@ -12,8 +12,6 @@ from .runs import _num
 
 
 @dataclass
-
-
 class Signal:
     name: str  # reward_hacking | kl_blowup | entropy_collapse | length_collapse | nan | guard
     step: int | None
