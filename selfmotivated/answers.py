@@ -24,7 +24,9 @@ markdown and LaTeX ("**Answer:** 42", "\\boxed{42}", "#### 42") and chatty model
    "I hope the answer is clear." does not hide an earlier answer. A span opening with "not" ("The
    answer is not 10") is a denial and skipped (a choice option that itself opens with "not", as
    CommonsenseQA's "not hungry", still counts). "answer must be" is no trigger: rationales use it
-   for a constraint ("The answer must be an item that can absorb ink").
+   for a constraint ("The answer must be an item that can absorb ink"). A list of the options
+   belongs to its trigger, never to the answer: "The answer (Yes or No) is dependent on ..." names
+   none, "the answer is (A) through (E) ..." is no "A", and "The answer is A or B" picks neither.
 4. Fallback when no span parses, per type (below).
 
 Per type:
@@ -168,11 +170,32 @@ def _cut_new_question(text: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # Step 3: answer triggers and their spans
 
+# A trigger that lists the options ("The answer (Yes or No) is", "the answer is (A) through (E)",
+# "(A, B, C, D or E)") names the choices, not the pick: the list belongs to the trigger, and is cut
+# from the start of a span (`_strip_option_list`). Items of one list are all yes/no words or all
+# letters, and a list without brackets needs "or", "through", "to" or "/" before its last item, so
+# "No, and no one flipped it" is no list.
+_YES_NO_ITEM = r"[\"']?(?i:yes|no|true|false)[\"']?"
+_LETTER_ITEM = r"(?:\(\s*[A-Fa-f]\s*\)|[A-F](?![\w'/]))"
+_LIST_LEAD = r"(?:(?i:either|among|from|between|one\s+of)\s+)?"
+_LIST_LAST_SEP = r"(?:\s*,?\s+(?i:or|through|thru|to)\s+|\s*[/|]\s*)"
+
+
+def _option_list(item: str) -> str:
+    bare = rf"{_LIST_LEAD}{item}(?:\s*,\s*{item})*{_LIST_LAST_SEP}{item}"
+    bracketed = rf"\(\s*{_LIST_LEAD}{item}(?:(?:\s*,\s*|{_LIST_LAST_SEP}|\s*[-\u2013]\s*){item})+\s*\)"
+    return rf"(?:{bracketed}|{bare})"
+
+
+_LETTER_LIST = _option_list(_LETTER_ITEM)
+_OPTION_LIST_RE = re.compile(rf"^(?:{_option_list(_YES_NO_ITEM)}|{_LETTER_LIST})(?!\w)")
+
 _TRIGGER_RE = re.compile(
     r"""
     \banswer[*_]*
         (?:\s+to\s+(?:the|this)\s+question)?
         (?:\s*\([^()\n]{2,40}\))?               # Kojima: "(arabic numerals)", "(Yes or No)"
+        (?:\s*""" + _LETTER_LIST + r""")?        # "(A) through (E)", a list with brackets inside
         [*_]*\s*
         (?:is|was|would\s+be|should\s+be|will\s+be|=|:)
     | ^[ \t#>]*(?:final[ \t]+)?answer[ \t*_#:]*(?=\n)  # an "Answer" heading with the answer below
@@ -255,7 +278,17 @@ def _spans(text: str, answer_type: str) -> list[str]:
     for m in _BOXED_RE.finditer(text):
         found.append((m.start(), _braced(text, m.end()).strip()))
     found.sort(key=lambda item: item[0], reverse=True)
+    if answer_type in ("yes_no", "choice"):
+        found = [(start, _strip_option_list(span)) for start, span in found]
     return [span for _, span in found if span]
+
+
+def _strip_option_list(span: str) -> str:
+    """The span without a list of the options at its start: "(Yes or No) is dependent on ..." is
+    "is dependent on ...", which names no answer (the list's first item is no pick)."""
+    stripped = _strip_span_start(span)
+    m = _OPTION_LIST_RE.match(stripped)
+    return _strip_span_start(stripped[m.end() :]) if m else span
 
 
 _SENTENCE_END_RE = re.compile(r"(?<=[.!?;])\s+|\n")

@@ -819,3 +819,45 @@ def test_real_human_solutions_state_their_gold():
     ]
     assert sum(p == row["correct"] for p, row in zip(predictions, rows)) / len(rows) > 0.93
     assert not wrong, wrong  # when a letter is read, it is the right one
+
+
+# ------------------------------------------------------------------------------------------------
+# A trigger that lists the options: the list belongs to the trigger and is never the answer
+
+CSQA_OPTIONS = ["bank", "library", "department store", "mall", "new york"]
+OPTION_LIST_TRIGGER_CASES = [
+    # yes/no: the list's first item ("Yes") is no pick
+    ("The answer (Yes or No) is dependent on the interpretation.", "yes_no", (), None),
+    ("Therefore, the answer (Yes or No) is dependent on the interpretation of the question.", "yes_no", (), None),
+    ("The answer (Yes or No) is followed by an explanation. No, the coin is not heads up.", "yes_no", (), "no"),
+    ("The answer (Yes or No) is followed by an explanation.\n\nNo, the coin is heads up.", "yes_no", (), "no"),
+    ("The answer is (Yes, No) dependent on the reading.", "yes_no", (), None),
+    ("The answer is (Yes, No): No.", "yes_no", (), "no"),
+    ('The answer is "Yes" or "No": No.', "yes_no", (), "no"),
+    ("The answer is Yes, or No.", "yes_no", (), None),
+    ("The answer (Yes or No) is Yes.", "yes_no", (), "yes"),
+    ("The answer is (Yes or No): Yes", "yes_no", (), "yes"),
+    # not a list: "no" then "and no one"
+    ("The answer is no, and no one flipped it.", "yes_no", (), "no"),
+    # choices: "(A) through (E)", "(A, B, C, D or E)" and friends
+    ("The answer is (A) through (E) dependent on the question.", "choice", (), None),
+    ("The answer is (A) through (E) dependent on the question.", "choice", CSQA_OPTIONS, None),
+    ("The answer (A) through (E) is dependent on what a bank means.", "choice", (), None),
+    ("The answer (A) through (E) is C.", "choice", CSQA_OPTIONS, "C"),
+    ("Among (A) through (E), the answer is (D).", "choice", CSQA_OPTIONS, "D"),
+    ("The answer (A, B, C, D or E) is followed by an explanation.", "choice", CSQA_OPTIONS, None),
+    ("The answer (A, B, C, D, or E) is E.", "choice", CSQA_OPTIONS, "E"),
+    ("The answer is (A), (B), (C), (D), or (E) depending on the reading.", "choice", CSQA_OPTIONS, None),
+    ("The answer is A through E.", "choice", (), None),
+    ("The answer is A or B.", "choice", CSQA_OPTIONS, None),
+    ("The answer is (A-E): D", "choice", CSQA_OPTIONS, "D"),
+    ("The answer (from A to E) is E.", "choice", CSQA_OPTIONS, "E"),
+    # a letter that opens an option text is still the pick
+    ("The answer is A bank.", "choice", CSQA_OPTIONS, "A"),
+    ("The answer is C) department store.", "choice", CSQA_OPTIONS, "C"),
+]
+
+
+@pytest.mark.parametrize("text, answer_type, choices, expected", OPTION_LIST_TRIGGER_CASES)
+def test_option_listing_trigger_is_not_the_answer(text, answer_type, choices, expected):
+    assert extract_answer(text, answer_type, choices) == expected
