@@ -31,6 +31,36 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def parse_key_values(items) -> dict:
+    """{"KEY": value} from "KEY=VALUE" strings (a list, or one string joined by commas); each value is read as
+    a YAML scalar, so "2" is 2, "true" is True and "[1, 2]" a list. ValueError names a malformed item."""
+    import yaml
+
+    parts = items.split(",") if isinstance(items, str) else list(items)
+    values = {}
+    for part in parts:
+        key, sep, text = str(part).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{part!r} is not KEY=VALUE")
+        try:
+            values[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            values[key.strip()] = text.strip()
+    return values
+
+
+class KeyValues(argparse.Action):
+    """A dict-valued field's flag: KEY=VALUE pairs, the flag repeatable; later pairs win."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, _MISSING)
+        try:
+            given = parse_key_values(values)
+        except ValueError as err:
+            parser.error(f"{option_string}: {err}")
+        setattr(namespace, self.dest, {**(current if isinstance(current, dict) else {}), **given})
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """Add one flag per field of dataclass `cls`. Defaults are not set here (so we can tell which flags
     were given): `config_from_args` fills them from the YAML file and the dataclass."""
@@ -50,6 +80,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] 
             inner = (typing.get_args(tp) or (str,))[0]
             parser.add_argument(_flag(f.name), dest=f.name, nargs="*", type=inner, default=_MISSING,
                                 help=help_text)
+        elif tp is dict:
+            parser.add_argument(_flag(f.name), *f.metadata.get("aliases", ()), dest=f.name, nargs="+",
+                                action=KeyValues, metavar="KEY=VALUE", default=_MISSING, help=help_text)
         else:
             parser.add_argument(_flag(f.name), dest=f.name, type=tp if tp in (int, float) else str,
                                 default=_MISSING, help=help_text, choices=f.metadata.get("choices"))
@@ -109,7 +142,9 @@ def config_from_args(cls, args: argparse.Namespace, yaml_values: dict | None = N
     for f in dataclasses.fields(cls):
         given = getattr(args, f.name, _MISSING)
         if given is not _MISSING:
-            values[f.name] = given
+            # A mapping's flags add to (and override keys of) the YAML file's mapping.
+            before = values.get(f.name)
+            values[f.name] = {**before, **given} if isinstance(given, dict) and isinstance(before, dict) else given
     return build_config(cls, values, source)
 
 

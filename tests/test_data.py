@@ -249,7 +249,7 @@ def test_few_shot_prompts_and_exemplars(builtin, data_dir):
 def test_describe_and_list(data_dir):
     keys = [d["key"] for d in list_datasets()]
     assert set(SPLIT_SIZES) <= set(keys) and {"synthetic_coin_flip", "synthetic_last_letters"} <= set(keys)
-    assert all(d["source"] in ("builtin", "synthetic") and d["answer_type"] for d in list_datasets())
+    assert all(d["source"] in ("builtin", "synthetic", "rg") and d["answer_type"] for d in list_datasets())
     desc = describe_dataset("aqua", data_dir)
     assert desc["counts"] == {"train": 254, "test": 254} and desc["answer_type"] == "choice"
     assert len(desc["examples"]["train"]) == 3 and len(desc["examples"]["test"]) == 3

@@ -5,19 +5,21 @@
     train = load_examples(DataConfig(dataset="my_qa.jsonl", split="train", answer_type="number"))
 
 `dataset` is a built-in key (see `list_datasets()`; needs the shared data folder: --data-dir or
-$SML_DATA_DIR), a synthetic task (no files needed), a .jsonl/.json/.csv file, a `save_to_disk` folder,
+$SML_DATA_DIR), a synthetic task (no files needed), a reasoning-gym task `rg:<task>` (generated, with the
+task's own difficulty settings in `task_options`), a .jsonl/.json/.csv file, a `save_to_disk` folder,
 or `hf:owner/name` for the Hugging Face Hub. `load_examples` returns a list that also carries
 `.report` (a `LoadReport`: rows read, bad rows skipped and why).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..records import ANSWER_TYPES, CHOICE_LETTERS, Example
-from . import builtin, synthetic
+from . import builtin, rg, synthetic
 from .builtin import BUILTINS, DATA_DIR_ENV, load_builtin, resolve_data_dir
 from .common import ON_BAD_ROW, DataError, Examples, LoadReport, parse_choices, parse_gold
 from .synthetic import SYNTHETIC, gen_coin_flip, gen_last_letters
@@ -52,8 +54,8 @@ class DataConfig:
         default="synthetic_coin_flip",
         metadata={
             "help": "a built-in dataset (gsm8k, strategy_qa, ...; see `sml data list`), a synthetic task "
-            "(synthetic_coin_flip, synthetic_last_letters), a .jsonl/.json/.csv file, a datasets "
-            "save_to_disk folder, or hf:owner/name for the Hugging Face Hub"
+            "(synthetic_coin_flip, synthetic_last_letters), a reasoning-gym task (rg:chain_sum, ...), a "
+            ".jsonl/.json/.csv file, a datasets save_to_disk folder, or hf:owner/name for the Hugging Face Hub"
         },
     )
     data_dir: str | None = field(
@@ -124,13 +126,26 @@ class DataConfig:
         default=None,
         metadata={"help": "configuration name of a Hub dataset (hf:NAME), e.g. 'main' for openai/gsm8k"},
     )
-    # synthetic tasks
-    n_train: int = field(default=500, metadata={"help": "synthetic tasks: number of train questions"})
-    n_test: int = field(default=150, metadata={"help": "synthetic tasks: number of test questions"})
-    synthetic_seed: int = field(default=0, metadata={"help": "synthetic tasks: generator seed"})
+    # generated tasks: synthetic_* and rg:<task>
+    n_train: int = field(default=500, metadata={"help": "generated tasks: number of train questions"})
+    n_test: int = field(default=150, metadata={"help": "generated tasks: number of test questions"})
+    synthetic_seed: int = field(
+        default=0,
+        metadata={"help": "generated tasks: generator seed (each split draws from a stream of its own)"},
+    )
     synthetic_size: int = field(
         default=4,
         metadata={"help": "synthetic tasks: people per coin-flip question, names per last-letters question"},
+    )
+    task_options: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "generated tasks: the task's own settings, KEY=VALUE (repeatable; in YAML a mapping): "
+            "reasoning-gym's config fields (rg:chain_sum: min_terms=2 max_terms=2 min_digits=1 max_digits=1; "
+            "`sml data show rg:<task>` lists them), synthetic_coin_flip: people=N flips=K, "
+            "synthetic_last_letters: words=N",
+            "aliases": ("--task-option",),
+        },
     )
 
     def __post_init__(self):
@@ -151,6 +166,27 @@ class DataConfig:
             )
         if not self.split:
             raise DataError("split is empty: use train or test")
+        self.task_options = parse_task_options(self.task_options)
+
+
+def parse_task_options(value) -> dict:
+    """Task options as a dict from a mapping, "KEY=VALUE" strings (a list, or one string joined by commas),
+    or None; values are read as YAML scalars ("2" -> 2, "true" -> True, "[1, 2]" -> [1, 2])."""
+    from ..config import parse_key_values
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        try:
+            value = parse_key_values(value)
+        except ValueError as err:
+            raise DataError(f"task option {err}") from None
+    options = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.strip():
+            raise DataError(f"task option names must be text, got {key!r}")
+        options[key.strip()] = item
+    return options
 
 
 def _source_kind(name: str) -> str:
@@ -158,18 +194,21 @@ def _source_kind(name: str) -> str:
         return "builtin"
     if name in SYNTHETIC:
         return "synthetic"
+    if rg.is_rg(name):
+        return "rg"
     if is_user_source(name):
         return "user"
     raise DataError(
         f"unknown dataset {name!r}: not a built-in dataset ({', '.join(BUILTINS)}), not a synthetic task "
-        f"({', '.join(SYNTHETIC)}), and no file or folder of that name exists. A Hugging Face Hub dataset is "
-        f"named {HUB_PREFIX}owner/name."
+        f"({', '.join(SYNTHETIC)}), not a reasoning-gym task ({rg.PREFIX}<task>, e.g. rg:chain_sum), and no file "
+        f"or folder of that name exists. A Hugging Face Hub dataset is named {HUB_PREFIX}owner/name."
     )
 
 
 def _load_splits(config: DataConfig) -> tuple[dict[str, list[Example]], LoadReport, str]:
     """Every split of `config.dataset`, the load report and the source kind."""
     kind = _source_kind(config.dataset)
+    _check_task_options(config, kind)
     if kind == "builtin":
         expected = BUILTINS[config.dataset].answer_type
         if config.answer_type not in (None, expected):
@@ -179,16 +218,37 @@ def _load_splits(config: DataConfig) -> tuple[dict[str, list[Example]], LoadRepo
             )
         splits, report = load_builtin(config.dataset, config.data_dir, config.on_bad_row)
     elif kind == "synthetic":
-        splits = synthetic.generate(
-            config.dataset, config.n_train, config.n_test, config.synthetic_seed, config.synthetic_size
-        )
+        try:
+            splits = synthetic.generate(
+                config.dataset, config.n_train, config.n_test, config.synthetic_seed, config.synthetic_size,
+                config.task_options,
+            )
+        except ValueError as err:
+            raise DataError(str(err)) from None
         report = LoadReport(
             source=f"{config.dataset} (generated, seed {config.synthetic_seed})",
+            rows=config.n_train + config.n_test,
+        )
+    elif kind == "rg":
+        splits = rg.generate(
+            config.dataset, config.n_train, config.n_test, config.synthetic_seed, config.task_options,
+            config.answer_type,
+        )
+        report = LoadReport(
+            source=f"{config.dataset} (reasoning-gym, seed {config.synthetic_seed}, options {config.task_options})",
             rows=config.n_train + config.n_test,
         )
     else:
         splits, report = load_user_splits(config)
     return splits, report, kind
+
+
+def _check_task_options(config: DataConfig, kind: str) -> None:
+    if config.task_options and kind not in ("synthetic", "rg"):
+        raise DataError(
+            f"{config.dataset}: task_options ({config.task_options}) apply to generated tasks (synthetic_*, "
+            "rg:<task>) only"
+        )
 
 
 def load_examples(config: DataConfig) -> list[Example]:
@@ -197,9 +257,13 @@ def load_examples(config: DataConfig) -> list[Example]:
     if config.dataset in BUILTINS and config.split not in ("train", "test"):
         raise DataError(f"{config.dataset}: split must be train or test, got {config.split!r}")
     if _source_kind(config.dataset) == "user":
+        _check_task_options(config, "user")
         examples = load_user(config)
         report = examples.report
     else:
+        if config.split == "test" and _source_kind(config.dataset) in ("synthetic", "rg"):
+            # A generated test split never depends on the train split: skip drawing train questions.
+            config = dataclasses.replace(config, n_train=0)
         splits, report, _ = _load_splits(config)
         examples = splits.get(config.split)
         if examples is None:
@@ -222,7 +286,7 @@ def load_dataset_split(
 
 
 def list_datasets() -> list[dict]:
-    """The named datasets: built-in (need the shared data folder) and synthetic (generated)."""
+    """The named datasets: built-in (need the shared data folder), synthetic and reasoning-gym (generated)."""
     rows = [
         {"key": b.key, "answer_type": b.answer_type, "description": b.description, "source": "builtin"}
         for b in BUILTINS.values()
@@ -231,7 +295,7 @@ def list_datasets() -> list[dict]:
         {"key": key, "answer_type": answer_type, "description": description, "source": "synthetic"}
         for key, (answer_type, description) in SYNTHETIC.items()
     ]
-    return rows
+    return rows + rg.list_tasks()
 
 
 def describe_dataset(name: str, data_dir: str | Path | None = None, n_examples: int = 3, **kw) -> dict:
@@ -244,9 +308,23 @@ def describe_dataset(name: str, data_dir: str | Path | None = None, n_examples: 
         answer_type, description, notes = spec.answer_type, spec.description, list(spec.notes)
     elif kind == "synthetic":
         answer_type, description = SYNTHETIC[name]
+        size, flips = synthetic.resolve_options(name, config.synthetic_size, config.task_options)
         notes = [
             f"Generated: n_train={config.n_train}, n_test={config.n_test}, seed={config.synthetic_seed}, "
-            f"{config.synthetic_size} names per question; no question is in both splits."
+            f"{size} names per question{'' if flips is None else f', {flips} flip(s)'}; no question is in "
+            "both splits.",
+            "Task options: " + "; ".join(f"{k}: {v}" for k, v in synthetic.TASK_OPTIONS[name].items()),
+        ]
+    elif kind == "rg":
+        task = rg.task_name(name)
+        answer_type = rg.answer_type_of(task, config.answer_type)
+        description = rg.TASKS.get(task, (None, f"reasoning-gym task {task}"))[1]
+        settings = {**rg.task_option_defaults(task), **config.task_options}
+        notes = [
+            f"Generated by reasoning-gym: n_train={config.n_train}, n_test={config.n_test}, "
+            f"seed={config.synthetic_seed} (each split hashes its own seed); no question text is in both splits.",
+            "Task options in effect (set with --task-option KEY=VALUE or data.task_options): "
+            + ", ".join(f"{k}={v}" for k, v in settings.items()),
         ]
     else:
         answer_type, description, notes = config.answer_type, f"your data: {name}", []

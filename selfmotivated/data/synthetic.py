@@ -7,6 +7,11 @@ Determinism: each split comes from its own stream, `random.Random("<task>-<split
 seeds are hashed with SHA-512, stable across Python versions and platforms). The test split is the
 first n_test distinct questions of the test stream, so it does not change with n_train; train skips any
 question already in test. A fixed "prompt" stream makes the few-shot exemplars, which both splits skip.
+
+Difficulty knobs (`task_options`, see TASK_OPTIONS): Coin Flip's `people` (how many people are named) and
+`flips` (how many of them flip the coin: a fixed count instead of a fair coin per person; the parity of the
+flips is the whole task, so fewer flips is easier); Last Letters' `words` (how many names to join). Left
+unset, every question draws exactly what it drew before these knobs existed.
 """
 
 from __future__ import annotations
@@ -28,6 +33,14 @@ SYNTHETIC = {
     ),
 }
 N_PROMPT_EXEMPLARS = 4
+# task -> option -> what it sets. `people`/`words` default to DataConfig.synthetic_size (4).
+TASK_OPTIONS = {
+    "synthetic_coin_flip": {
+        "people": "people named in each question (default: synthetic_size, 4)",
+        "flips": "how many of them flip the coin (default: each flips with probability 1/2)",
+    },
+    "synthetic_last_letters": {"words": "names to join per question (default: synthetic_size, 4)"},
+}
 
 
 @lru_cache(maxsize=1)
@@ -37,9 +50,15 @@ def first_names() -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 
-def _coin_flip_item(rng: random.Random, n_people: int, names: tuple[str, ...]) -> tuple[str, str, dict]:
+def _coin_flip_item(
+    rng: random.Random, n_people: int, names: tuple[str, ...], n_flips: int | None = None
+) -> tuple[str, str, dict]:
     people = rng.sample(names, n_people)
-    flips = [rng.random() < 0.5 for _ in people]
+    if n_flips is None:
+        flips = [rng.random() < 0.5 for _ in people]
+    else:  # exactly n_flips of them flip, at random places
+        flippers = set(rng.sample(range(n_people), n_flips))
+        flips = [i in flippers for i in range(n_people)]
     steps = " ".join(
         f"{p} flips the coin." if f else f"{p} does not flip the coin." for p, f in zip(people, flips)
     )
@@ -57,11 +76,8 @@ def _last_letters_item(rng: random.Random, n_names: int, names: tuple[str, ...])
     return question, "".join(name[-1] for name in picked), {"names": picked}
 
 
-_MAKERS = {"synthetic_coin_flip": _coin_flip_item, "synthetic_last_letters": _last_letters_item}
-
-
 def _stream(
-    task: str, stream: str, seed: int, size: int, count: int, skip: set[str]
+    task: str, stream: str, seed: int, size: int, count: int, skip: set[str], flips: int | None = None
 ) -> list[tuple[str, str, dict]]:
     """The first `count` distinct questions of one seeded stream, leaving out those in `skip`."""
     names = first_names()
@@ -77,7 +93,10 @@ def _stream(
                 f"{task}: could not draw {count} distinct questions with {size} name(s) each; "
                 "ask for fewer examples or more names per question"
             )
-        item = _MAKERS[task](rng, size, names)
+        if task == "synthetic_coin_flip":
+            item = _coin_flip_item(rng, size, names, flips)
+        else:
+            item = _last_letters_item(rng, size, names)
         if item[0] not in seen:
             seen.add(item[0])
             items.append(item)
@@ -100,25 +119,54 @@ def _examples(task: str, split: str, items: list[tuple[str, str, dict]]) -> list
     ]
 
 
+def resolve_options(task: str, size: int = 4, options: dict | None = None) -> tuple[int, int | None]:
+    """(names per question, flips per question or None) of `task` from synthetic_size and its task options;
+    ValueError naming the option when one is unknown or out of range."""
+    options = dict(options or {})
+    allowed = TASK_OPTIONS[task]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"{task}: unknown task option(s) {unknown}; allowed: {sorted(allowed)}")
+    size_key = "people" if task == "synthetic_coin_flip" else "words"
+    values = {}
+    for key in options:
+        value = options[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{task}: task option {key!r} must be a whole number, got {value!r}")
+        values[key] = value
+    size = values.get(size_key, size)
+    if size < 1:
+        raise ValueError(f"{task}: task option {size_key!r} must be >= 1, got {size}")
+    flips = values.get("flips")
+    if flips is not None and not 0 <= flips <= size:
+        raise ValueError(f"{task}: task option 'flips' must be between 0 and people ({size}), got {flips}")
+    return size, flips
+
+
 def generate(
-    task: str, n_train: int = 500, n_test: int = 150, seed: int = 0, size: int = 4
+    task: str, n_train: int = 500, n_test: int = 150, seed: int = 0, size: int = 4, options: dict | None = None
 ) -> dict[str, list[Example]]:
-    """{"train": [...], "test": [...]} of `task`; no question is in both, or in the few-shot prompt."""
+    """{"train": [...], "test": [...]} of `task`; no question is in both, or in the few-shot prompt.
+    `options` are the task's difficulty knobs (TASK_OPTIONS); they override `size`."""
     if task not in SYNTHETIC:
         raise ValueError(f"unknown synthetic task {task!r}; known: {', '.join(SYNTHETIC)}")
     if n_train < 0 or n_test < 0:
         raise ValueError(f"{task}: n_train and n_test must be >= 0, got {n_train} and {n_test}")
-    prompt = {q for q, _, _ in _prompt_items(task, size)}
-    test = _stream(task, "test", seed, size, n_test, prompt)
-    train = _stream(task, "train", seed, size, n_train, prompt | {q for q, _, _ in test})
+    size, flips = resolve_options(task, size, options)
+    # The exemplars our few-shot prompt shows (4 names, random flips) and those of this size stay out.
+    prompt = {q for q, _, _ in _prompt_items(task, size)} | {q for q, _, _ in _prompt_items(task)}
+    test = _stream(task, "test", seed, size, n_test, prompt, flips)
+    train = _stream(task, "train", seed, size, n_train, prompt | {q for q, _, _ in test}, flips)
     return {"train": _examples(task, "train", train), "test": _examples(task, "test", test)}
 
 
 def gen_coin_flip(
-    n_train: int = 500, n_test: int = 150, seed: int = 0, n_people: int = 4
+    n_train: int = 500, n_test: int = 150, seed: int = 0, n_people: int = 4, n_flips: int | None = None
 ) -> dict[str, list[Example]]:
-    """Coin Flip questions: n_people each flip the coin or not; gold "yes" when it is still heads up."""
-    return generate("synthetic_coin_flip", n_train, n_test, seed, n_people)
+    """Coin Flip questions: n_people each flip the coin or not (exactly n_flips of them, when given); gold
+    "yes" when it is still heads up."""
+    options = {} if n_flips is None else {"flips": n_flips}
+    return generate("synthetic_coin_flip", n_train, n_test, seed, n_people, options)
 
 
 def gen_last_letters(
