@@ -142,8 +142,9 @@ def test_logprobs_match_full_forward(tiny, prompts, backend):
             ids = torch.tensor([prompt_ids + c.token_ids])
             with torch.no_grad():
                 logits = model(ids).logits[0, len(prompt_ids) - 1 : -1]  # (T_new, V)
-            # Raw logits: temperature 1, no top-k/top-p filter.
-            expected = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
+            # Logits / temperature (what PPO's ratio compares), no top-k/top-p filter.
+            expected = torch.log_softmax(logits.float() / 0.8, -1).gather(
+                -1, torch.tensor(c.token_ids)[:, None])[:, 0]
             assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-4)
 
 

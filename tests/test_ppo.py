@@ -24,7 +24,7 @@ import torch
 from selfmotivated.ppo.actor_critic import POLICY, build_actor_critic, lora_config
 from selfmotivated.ppo.experience import collate, generate_rollouts, make_experience
 from selfmotivated.ppo.guard import FailureGuard, GuardTripped
-from selfmotivated.ppo.rewards import SharedRewardModel, answer_terms
+from selfmotivated.ppo.rewards import SharedRewardModel, check_rollouts, sequence_scores
 from selfmotivated.ppo.trainer import PPOConfig, PPOTrainer
 from selfmotivated.tiny import build_tiny_model
 
@@ -66,6 +66,10 @@ def toy_config(**overrides) -> PPOConfig:
         learning_rate=1e-2,
         critic_learning_rate=1e-2,
         kl_coef=0.0,
+        truncation_penalty=0.0,  # 8-token toy responses are all cut off
+        advantage="gae",  # the textbook path; the group baseline has tests of its own below
+        critic_warmup_iterations=0,
+        target_kl=0.0,
         mini_batch_size=8,
         micro_batch_size=8,
         ppo_epochs=2,
@@ -209,6 +213,119 @@ def test_full_finetuning_learns_and_keeps_the_reference_frozen():
 
 
 # ----------------------------------------------------------------------------------------------------
+# PPO that optimises: several minibatches move the ratio, target_kl stops them, the group baseline
+
+
+def update_rows(trainer) -> list[dict]:
+    return [r for r in trainer.history if "ppo/minibatches" in r]
+
+
+def test_several_minibatches_move_the_ratio_off_one():
+    # 16 rollouts in minibatches of 4, 2 epochs: 8 steps an iteration. From the second step on, the policy
+    # is no longer the one that sampled, so the ratio leaves 1 (approx_kl > 0) and the clip acts.
+    trainer = toy_trainer(toy_config(iterations=3, mini_batch_size=4, micro_batch_size=4, learning_rate=3e-2))
+    trainer.train()
+    rows = update_rows(trainer)
+    assert all(r["ppo/minibatches"] == 8 and r["ppo/epochs"] == 2 for r in rows)
+    assert all(r["ppo/approx_kl"] > 0 for r in rows), rows
+    assert all(r["ppo/clipfrac"] > 0 for r in rows), [r["ppo/clipfrac"] for r in rows]
+    # One minibatch per iteration (the old presets): the ratio is exactly 1, nothing is ever clipped.
+    single = toy_trainer(toy_config(iterations=2, ppo_epochs=1, mini_batch_size=16, micro_batch_size=8))
+    single.train()
+    assert all(r["ppo/clipfrac"] == 0 and abs(r["ppo/approx_kl"]) < 1e-6 for r in update_rows(single))
+
+
+def test_target_kl_stops_the_epochs_early_only_when_exceeded():
+    settings = dict(iterations=2, mini_batch_size=4, micro_batch_size=4, ppo_epochs=3, learning_rate=3e-2)
+    loose = toy_trainer(toy_config(target_kl=100.0, **settings))
+    loose.train()
+    assert all(r["ppo/minibatches"] == 12 and r["ppo/early_stop"] == 0 for r in update_rows(loose))
+    tight = toy_trainer(toy_config(target_kl=1e-9, **settings))
+    tight.train()
+    # The first minibatch has ratio 1 (KL 0); the second is the first that can pass the target.
+    assert all(r["ppo/minibatches"] == 2 and r["ppo/early_stop"] == 1 for r in update_rows(tight))
+
+
+def test_group_baseline_learns_without_a_critic():
+    config = toy_config(advantage="rloo", samples_per_prompt=4, prompts_per_iteration=4, iterations=14)
+    trainer = toy_trainer(config)
+    before = snapshot(trainer.ac)
+    trainer.train()
+    s = scores(trainer)
+    assert sum(s[-3:]) / 3 > s[0] + 0.4, s
+    after = snapshot(trainer.ac)
+    critic = [n for n in before if ".critic." in n or n.startswith("value_head.")]
+    assert critic and all(torch.equal(before[n], after[n]) for n in critic)  # no critic trained, none run
+    assert all("losses/value" not in r and "ppo/explained_variance" not in r for r in update_rows(trainer))
+
+
+def test_group_baseline_gives_zero_advantage_when_a_question_s_samples_score_alike():
+    trainer = toy_trainer(toy_config(advantage="rloo", samples_per_prompt=3, max_new_tokens=5))
+    prompts, examples = trainer.prompt_batch(0)
+    rollouts = generate_rollouts(
+        trainer.generator, prompts, examples, trainer.tokenizer, trainer.sampling_params(0, seed=5)
+    )
+    per_question = torch.tensor([float(r.group) for r in rollouts]) * 0.37  # equal within a question
+    exp, _ = make_experience(trainer.ac, rollouts, per_question, trainer.pad_id, kl_coef=0.0, advantage="rloo")
+    assert exp.advantages.abs().max() < 1e-6
+    scores_ = per_question.clone()
+    scores_[0] += 1.0  # one sample better than its question's others: only that question moves
+    exp, _ = make_experience(trainer.ac, rollouts, scores_, trainer.pad_id, kl_coef=0.0, advantage="rloo",
+                             whiten=None)
+    row_adv = exp.advantages.sum(-1) / exp.response_mask.sum(-1)
+    same = [i for i, r in enumerate(rollouts) if r.group == rollouts[0].group]
+    assert row_adv[0] == pytest.approx(1.0) and all(row_adv[i] == pytest.approx(-0.5) for i in same[1:])
+    assert all(abs(row_adv[i]) < 1e-6 for i in range(len(rollouts)) if i not in same)
+
+
+def test_critic_warmup_trains_only_the_critic_first():
+    trainer = toy_trainer(toy_config(advantage="gae", critic_warmup_iterations=2, iterations=2))
+    before = snapshot(trainer.ac)
+    trainer.train()
+    after = snapshot(trainer.ac)
+    policy = [n for n in before if f".{POLICY}." in n]
+    critic = [n for n in before if ".critic." in n or n.startswith("value_head.")]
+    assert all(torch.equal(before[n], after[n]) for n in policy)
+    assert any(not torch.equal(before[n], after[n]) for n in critic)
+    rows = update_rows(trainer)
+    assert [r["ppo/critic_warmup"] for r in rows] == [1.0, 1.0]
+    assert all("ppo/explained_variance" in r and "losses/policy" not in r for r in rows)
+    # From iteration 3 on the actor trains.
+    trainer.config.iterations = 3
+    trainer.train()
+    assert update_rows(trainer)[-1]["ppo/critic_warmup"] == 0.0 and "losses/policy" in update_rows(trainer)[-1]
+    assert any(not torch.equal(after[n], v) for n, v in snapshot(trainer.ac).items() if n in policy)
+
+
+def test_logprobs_are_those_of_the_sampling_temperature():
+    config = toy_config(temperature=0.6, max_new_tokens=6)
+    trainer = toy_trainer(config)
+    trainer.ac.temperature = config.temperature  # build_trainer sets it from the config
+    prompts, examples = trainer.prompt_batch(0)
+    rollouts = generate_rollouts(
+        trainer.generator, prompts, examples, trainer.tokenizer, trainer.sampling_params(0, seed=3)
+    )
+    _, stats = make_experience(trainer.ac, rollouts, torch.zeros(len(rollouts)), trainer.pad_id, kl_coef=0.0)
+    assert stats["rollout/logprob_diff"] < 1e-4  # the engine's tempered log-probs = the forward's
+    trainer.ac.temperature = 1.0
+    _, stats = make_experience(trainer.ac, rollouts, torch.zeros(len(rollouts)), trainer.pad_id, kl_coef=0.0)
+    assert stats["rollout/logprob_diff"] > 1e-2  # at temperature 1 they would be another distribution's
+
+
+def test_reward_validity_gate(tmp_path):
+    from selfmotivated.ppo.trainer import RewardModelInvalid, check_reward_validity
+
+    model = tmp_path / "reward" / "model"
+    model.mkdir(parents=True)
+    assert check_reward_validity(model, 0.6) is None  # no report: a warning, not a refusal
+    (tmp_path / "reward" / "validity.json").write_text(json.dumps({"auroc": 0.52, "n": 200}))
+    with pytest.raises(RewardModelInvalid, match=r"AUROC .* 200 fresh samples .* 0\.520, below min_reward_auroc=0\.6"):
+        check_reward_validity(model, 0.6)
+    assert check_reward_validity(model, 0.0) is None  # 0: the gate is off
+    assert check_reward_validity(model, 0.5)["auroc"] == 0.52
+
+
+# ----------------------------------------------------------------------------------------------------
 # Experience: alignment, padding, KL at the start
 
 
@@ -258,17 +375,28 @@ def test_padding_and_minibatch_trimming_do_not_change_logprobs():
             assert torch.allclose(trimmed[i, :n], exp.old_logprobs[b, :n], atol=1e-5)
 
 
-def test_answer_terms_reward_correct_answers_and_penalise_missing_ones():
+def test_sequence_scores_combine_reward_model_checker_and_penalties():
     from selfmotivated.records import Example
 
     ex = Example(id="q1", question="Is the coin still heads up?", gold="yes", answer_type="yes_no")
     texts = ["It was flipped twice. The answer is yes.", "The answer is no.", "I am not sure what happens"]
-    bonus, stats = answer_terms(texts, [ex, ex, ex], correct_bonus=1.0, no_answer_penalty=0.5)
-    assert bonus.tolist() == [1.0, 0.0, -0.5]
-    assert stats["rollout/correct_frac"] == pytest.approx(1 / 3)
-    assert stats["rollout/no_answer_frac"] == pytest.approx(1 / 3)
-    off, _ = answer_terms(texts, [ex, ex, ex], correct_bonus=0.0, no_answer_penalty=0.0)
-    assert off.tolist() == [0.0, 0.0, 0.0]
+    correct, no_answer = check_rollouts(texts, [ex, ex, ex])
+    assert correct.tolist() == [1.0, 0.0, 0.0] and no_answer.tolist() == [0.0, 0.0, 1.0]
+    rm = torch.tensor([0.5, 2.0, -1.0])
+    truncated = torch.tensor([0.0, 0.0, 1.0])
+
+    def score(**kw):
+        config = PPOConfig(**{"truncation_penalty": 0.0, **kw})
+        return sequence_scores(config, rm, correct, no_answer, truncated).tolist()
+
+    assert score(reward="rm") == [0.5, 2.0, -1.0]
+    assert score(reward="checker") == [1.0, 0.0, 0.0]
+    assert score(reward="checker", checker_reward=2.0) == [2.0, 0.0, 0.0]
+    assert score(reward="rm+checker") == [1.5, 2.0, -1.0]
+    assert score(reward="checker", truncation_penalty=1.0) == [1.0, 0.0, -1.0]
+    assert score(reward="rm", correct_bonus=1.0, no_answer_penalty=0.5) == [1.5, 2.0, -1.5]
+    with pytest.raises(ValueError, match="needs the reward model"):
+        sequence_scores(PPOConfig(reward="rm"), None, correct, no_answer, truncated)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -476,9 +604,11 @@ def test_run_ppo_end_to_end(tiny_run_folders, tmp_path):
         "ppo/kl",
         "ppo/entropy",
         "ppo/clipfrac",
+        "ppo/approx_kl",
         "losses/policy",
-        "losses/value",
-        "ppo/explained_variance",
+        "ppo/rm_score_mean",
+        "rollout/correct_frac",
+        "rollout/truncated_frac",
         "rollout/response_length",
         "rollout/logprob_diff",
         "time/generate",

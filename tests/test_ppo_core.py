@@ -464,3 +464,53 @@ def test_adaptive_kl_controller_moves_beta_toward_target():
     ctl = AdaptiveKLController(init_kl_coef=0.1, target=6.0, horizon=10_000)
     ctl.update(current_kl=6.6, n_steps=10_000)  # error 0.1 (inside the clip) over a whole horizon
     assert ctl.value == pytest.approx(0.11)
+
+
+# --------------------------------------------------------------------------------------------------
+# group (leave-one-out) advantages
+
+
+def test_group_advantages_are_zero_when_a_question_s_samples_score_alike():
+    from selfmotivated.ppo.core import group_advantages
+
+    torch.manual_seed(0)
+    for _ in range(20):
+        n_groups, k = 5, 4
+        per_group = torch.randn(n_groups)
+        returns = per_group.repeat_interleave(k)  # every sample of a question scores the same
+        groups = torch.arange(n_groups).repeat_interleave(k)
+        perm = torch.randperm(len(returns))  # rows of one question need not be adjacent
+        assert torch.allclose(group_advantages(returns[perm], groups[perm]), torch.zeros(n_groups * k), atol=1e-6)
+
+
+def test_group_advantages_leave_one_out_by_hand():
+    from selfmotivated.ppo.core import group_advantages
+
+    returns = torch.tensor([1.0, 0.0, 0.0, 3.0, 5.0, 7.0])
+    groups = torch.tensor([0, 0, 0, 1, 1, 2])
+    # q0: 1 - (0+0)/2 = 1, 0 - (1+0)/2 = -0.5 (twice); q1: 3 - 5, 5 - 3; q2 alone: 0
+    assert group_advantages(returns, groups).tolist() == [1.0, -0.5, -0.5, -2.0, 2.0, 0.0]
+    # Shifting a whole question's returns (the reward model's offset between questions) changes nothing.
+    shifted = returns + torch.tensor([10.0, 10.0, 10.0, -4.0, -4.0, 0.0])
+    assert torch.allclose(group_advantages(shifted, groups), group_advantages(returns, groups))
+
+
+def test_micro_batches_give_the_minibatch_token_mean():
+    """policy/value losses with num_tokens: micro-batch losses add up to the token mean of the whole
+    minibatch, whatever the split (a short micro-batch does not weigh as much as a long one)."""
+    torch.manual_seed(1)
+    B, T = 6, 7
+    mask = (torch.rand(B, T) > 0.3).float()
+    mask[:, 0] = 1
+    logits = torch.randn(B, T, requires_grad=True)
+    old = torch.randn(B, T)
+    adv = torch.randn(B, T)
+    whole, _ = policy_loss(logits, old, adv, mask, 0.2)
+    n = float(mask.sum())
+    parts = sum(policy_loss(logits[i : i + 2], old[i : i + 2], adv[i : i + 2], mask[i : i + 2], 0.2, n)[0]
+                for i in range(0, B, 2))
+    assert torch.allclose(parts, whole, atol=1e-6)
+    v_whole, _ = value_loss(logits, old, adv, mask, 0.2)
+    v_parts = sum(value_loss(logits[i : i + 3], old[i : i + 3], adv[i : i + 3], mask[i : i + 3], 0.2, n)[0]
+                  for i in range(0, B, 3))
+    assert torch.allclose(v_parts, v_whole, atol=1e-6)

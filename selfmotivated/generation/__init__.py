@@ -23,7 +23,7 @@ class SamplingParams:
     n: int = 1  # samples per prompt
     stop: tuple[str, ...] = ()  # generation of a row ends after the first stop string (kept in text)
     seed: int | None = None  # same seed and inputs -> same outputs
-    return_logprobs: bool = False  # per-token log-probs of the sampled tokens (under temperature 1 logits)
+    return_logprobs: bool = False  # per-token log-probs of the sampled tokens under logits / temperature (1 when greedy)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:

@@ -74,8 +74,9 @@ class HFGenerator:
                     logprobs = None
                     if params.return_logprobs:  # out.logits: one raw (B, V) tensor per step
                         chosen = out.sequences[:, width:]  # (B, T_new)
+                        scale = params.temperature if params.temperature > 0 else 1.0  # as the engine does
                         logprobs = torch.stack([
-                            step.float().log_softmax(-1).gather(-1, chosen[:, t, None])[:, 0]
+                            (step.float() / scale).log_softmax(-1).gather(-1, chosen[:, t, None])[:, 0]
                             for t, step in enumerate(out.logits)
                         ], dim=1).tolist()  # (B, T_new)
                     for b, ids in enumerate(new):

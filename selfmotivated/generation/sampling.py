@@ -101,8 +101,9 @@ def sample_next(
         assert generators is not None and len(generators) == probs.shape[0]
         tokens = _inverse_cdf_sample(probs, generators)
     logprobs = None
-    if params.return_logprobs:
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]  # (B,)
+    if params.return_logprobs:  # of the tempered distribution the token was drawn from (PPO's old log-probs)
+        scale = params.temperature if params.temperature > 0 else 1.0
+        logprobs = torch.log_softmax(logits / scale, dim=-1).gather(-1, tokens[:, None])[:, 0]  # (B,)
     return tokens, logprobs
 
 

@@ -83,6 +83,9 @@ class ActorCritic(nn.Module):
         self.critic = critic
         self.reference = reference
         self.lora = hasattr(policy, "peft_config")
+        # Sampling temperature: log-probs, KL and entropy are of softmax(logits / T), the distribution the
+        # rollouts were drawn from (TRL and OpenRLHF do the same); 1 is the model itself.
+        self.temperature = 1.0
         if self.lora and (critic is not None or reference is not None):
             raise ValueError(
                 "with LoRA the critic and the reference share the policy's backbone; pass neither"
@@ -165,7 +168,10 @@ class ActorCritic(nn.Module):
         """Next-token logits of the actor at response positions. (B, P + T) -> (B, T, V)."""
         self._activate(POLICY)
         h = response_hidden(hidden_states(self.policy, sequences, attention_mask), prompt_width)
-        return _hf_model(self.policy).get_output_embeddings()(h)
+        return self._tempered(_hf_model(self.policy).get_output_embeddings()(h))
+
+    def _tempered(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
     def policy_logprobs(self, sequences, attention_mask, prompt_width: int, with_entropy: bool = False):
         """log pi(response token) (B, T), and the per-position entropy (B, T) when asked (else None)."""
@@ -180,7 +186,7 @@ class ActorCritic(nn.Module):
         """Next-token logits of the frozen SFT model at response positions. (B, P + T) -> (B, T, V)."""
         with self.reference_model() as ref:
             h = response_hidden(hidden_states(ref, sequences, attention_mask), prompt_width)
-            return _hf_model(ref).get_output_embeddings()(h)
+            return self._tempered(_hf_model(ref).get_output_embeddings()(h))
 
     def reference_logprobs(self, sequences, attention_mask, prompt_width: int) -> torch.Tensor:
         """log pi_ref(response token) under the frozen SFT model. (B, P + T) -> (B, T)."""

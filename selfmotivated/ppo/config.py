@@ -57,21 +57,48 @@ class PPOConfig:
     iterations: int = field(default=100, metadata={"help": "PPO iterations (rollout batch + updates each)"})
     prompts_per_iteration: int = field(default=16, metadata={
         "help": "questions per iteration, over all processes (each process takes an equal share)"})
-    samples_per_prompt: int = field(default=2, metadata={"help": "responses sampled per question"})
-    max_new_tokens: int = field(default=256, metadata={"help": "longest response in tokens"})
+    samples_per_prompt: int = field(default=4, metadata={
+        "help": "responses sampled per question; the group baseline (advantage rloo) compares them"})
+    max_new_tokens: int = field(default=256, metadata={
+        "help": "longest response in tokens (the pipeline sets the final evaluation's, so PPO is judged on "
+                "what the test measures)"})
     temperature: float = field(default=1.0, metadata={
-        "help": "sampling temperature; 1 samples from the policy itself, as PPO's ratio assumes"})
+        "help": "sampling temperature; log-probs, KL and entropy are taken of the policy at this temperature "
+                "(logits / T, as TRL and OpenRLHF do), the distribution the rollouts came from"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1: off; < 1 is off-policy)"})
     backend: str = field(default="engine", metadata={
         "help": "generation backend: engine or hf", "choices": ["engine", "hf"]})
-    generation_batch_size: int = field(default=32, metadata={"help": "sequences decoded at once"})
+    generation_batch_size: int = field(default=64, metadata={
+        "help": "sequences decoded at once (the engine's full width: rows in flight are nearly free on a CPU)"})
+    # -- the sequence reward
+    reward: str = field(default="rm", metadata={
+        "help": "rm: the learned reward model's score (the method); checker: 1 when our answer checker finds "
+                "the training question's gold answer, else 0 (the verifiable-reward control); rm+checker: both",
+        "choices": ["rm", "checker", "rm+checker"]})
+    checker_reward: float = field(default=1.0, metadata={
+        "help": "reward of a correct final answer when `reward` includes the checker"})
+    truncation_penalty: float = field(default=1.0, metadata={
+        "help": "subtracted from the score of a response cut off at max_new_tokens (0: off): unfinished text "
+                "must not win by running on"})
+    min_reward_auroc: float = field(default=0.55, metadata={
+        "help": "refuse to start when the reward model's validity report gives an AUROC of score against the "
+                "answer checker's verdict below this, on fresh samples of held-out training questions (0: off)"})
     # -- PPO
     learning_rate: float | None = field(default=None, metadata={
         "help": f"actor learning rate (default {DEFAULT_LR['lora']} with LoRA, {DEFAULT_LR['full']} full)"})
     critic_learning_rate: float | None = field(default=None, metadata={
         "help": f"critic learning rate (default {DEFAULT_CRITIC_LR['lora']} with LoRA, "
                 f"{DEFAULT_CRITIC_LR['full']} full)"})
-    ppo_epochs: int = field(default=2, metadata={"help": "passes over each rollout batch"})
+    advantage: str = field(default="rloo", metadata={
+        "help": "rloo: a response's return minus the mean return of the other responses to the same question "
+                "(no critic; the reward model was trained on differences within a question); gae: a critic "
+                "and GAE (warmed up first, see critic_warmup_iterations)", "choices": ["rloo", "gae"]})
+    critic_warmup_iterations: int = field(default=2, metadata={
+        "help": "with gae: the first N iterations train only the critic, so its values explain the returns "
+                "before they steer the actor"})
+    ppo_epochs: int = field(default=2, metadata={
+        "help": "passes over each rollout batch (with several minibatches each, the ratio leaves 1 and the "
+                "clip acts; target_kl ends them early)"})
     mini_batch_size: int = field(default=16, metadata={"help": "samples per optimizer step, per process"})
     micro_batch_size: int = field(default=4, metadata={
         "help": "samples per forward/backward pass (gradients accumulate up to mini_batch_size)"})
@@ -92,8 +119,9 @@ class PPOConfig:
     max_grad_norm: float = field(default=1.0, metadata={
         "help": "clip each of actor and critic gradients (0: off)"})
     whiten_advantages: bool = field(default=True, metadata={"help": "normalise advantages per rollout batch"})
-    target_kl: float = field(default=0.0, metadata={
-        "help": "stop an iteration's PPO epochs early when approx KL(old || new) exceeds this (0: off)"})
+    target_kl: float = field(default=0.05, metadata={
+        "help": "stop an iteration's updates after the minibatch whose approx KL(old || new) per token "
+                "exceeds this (0: off)"})
     # -- answer-based reward terms (ablations, off by default)
     correct_bonus: float = field(default=0.0, metadata={
         "help": "added to the score when the response's final answer matches the training question's gold"})
@@ -141,7 +169,8 @@ class PPOConfig:
             self.data = build_config(DataConfig, {"split": "train", **self.data}, "ppo.data")
         choices = {"method": ("lora", "full"), "critic_init": ("reward", "sft"), "prompt": ("zero_shot", "few_shot"),
                    "kl_estimator": ("k1", "k2", "k3"), "guard_action": ("stop", "rollback"),
-                   "backend": ("engine", "hf")}
+                   "backend": ("engine", "hf"), "reward": ("rm", "checker", "rm+checker"),
+                   "advantage": ("rloo", "gae")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -153,10 +182,14 @@ class PPOConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         non_negative = ("clip_range", "clip_range_value", "kl_coef", "entropy_coef", "max_grad_norm", "target_kl",
                         "eval_steps", "stop_after_steps", "max_rollbacks", "guard_max_kl", "guard_min_entropy",
-                        "guard_min_response_length", "guard_accuracy_drop")
+                        "guard_min_response_length", "guard_accuracy_drop", "truncation_penalty",
+                        "min_reward_auroc", "critic_warmup_iterations")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.advantage == "rloo" and self.samples_per_prompt < 2:
+            raise ValueError("advantage 'rloo' compares the responses to one question: samples_per_prompt must be "
+                             f">= 2, got {self.samples_per_prompt} (or use advantage 'gae')")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0: PPO needs sampled rollouts, not greedy ones")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:

@@ -179,8 +179,35 @@ def compute_gae(
     return advantages, returns
 
 
+@torch.no_grad()
+def group_advantages(returns: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out baseline per question (RLOO: Kool et al. 2019; Ahmadian et al. 2024, arXiv:2402.14740).
+
+        A_i = R_i - mean(R_j for the other samples j of the same question)
+
+    A reward model trained on pairs of one question only ranks responses to the same question; its offset
+    between questions is noise, and this baseline removes it. Equal returns within a question give 0. A
+    question with one sample gets 0 (nothing to compare with).
+
+    returns (B,) float, groups (B,) int question ids -> advantages (B,).
+    """
+    _, inverse = torch.unique(groups, return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if len(inverse) else 0
+    sums = returns.new_zeros(n_groups).index_add_(0, inverse, returns)
+    counts = returns.new_zeros(n_groups).index_add_(0, inverse, torch.ones_like(returns))
+    n = counts[inverse]  # (B,) samples of each row's question
+    others_mean = (sums[inverse] - returns) / (n - 1).clamp(min=1)
+    return torch.where(n > 1, returns - others_mean, torch.zeros_like(returns))
+
+
 # --------------------------------------------------------------------------------------------------
 # losses
+
+
+def _token_mean(x: torch.Tensor, mask: torch.Tensor, num_tokens: float | None) -> torch.Tensor:
+    """masked mean of x, or its masked sum / num_tokens: a micro-batch's share of a whole minibatch's token
+    mean (so short and long micro-batches weigh by their tokens, not by their rows)."""
+    return masked_mean(x, mask) if num_tokens is None else masked_sum(x, mask) / max(num_tokens, 1)
 
 
 def policy_loss(
@@ -189,6 +216,7 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
+    num_tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017, arXiv:1707.06347, eq. 7), as a loss to minimise.
 
@@ -203,6 +231,9 @@ def policy_loss(
                   sampled from the old policy (Schulman, "Approximating KL Divergence", 2020; as in
                   CleanRL's ppo.py).
 
+    num_tokens: the response tokens of the whole minibatch this micro-batch belongs to; the loss is then
+    the micro-batch's share of the minibatch token mean (see _token_mean).
+
     logprobs (B, T) with grad; old_logprobs, advantages, mask (B, T) -> loss (scalar), stats.
     """
     mask = mask.bool()
@@ -212,7 +243,7 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     pg_unclipped = -advantages * ratio
     pg_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(pg_unclipped, pg_clipped), mask)
+    loss = _token_mean(torch.maximum(pg_unclipped, pg_clipped), mask, num_tokens)
     with torch.no_grad():
         clipfrac = masked_mean((pg_clipped > pg_unclipped).to(ratio.dtype), mask)
         approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
@@ -225,6 +256,7 @@ def value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_range_value: float | None,
+    num_tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss (OpenAI baselines ppo2; discussed in Engstrom et al. 2020, arXiv:2005.12729).
 
@@ -243,10 +275,10 @@ def value_loss(
     returns = torch.where(mask, returns.detach(), 0)
     err = (values - returns) ** 2
     if clip_range_value is None:
-        return 0.5 * masked_mean(err, mask), {"vf_clipfrac": torch.zeros((), device=values.device)}
+        return 0.5 * _token_mean(err, mask, num_tokens), {"vf_clipfrac": torch.zeros((), device=values.device)}
     v_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
     err_clipped = (v_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+    loss = 0.5 * _token_mean(torch.maximum(err, err_clipped), mask, num_tokens)
     with torch.no_grad():
         vf_clipfrac = masked_mean((err_clipped > err).to(err.dtype), mask)
     return loss, {"vf_clipfrac": vf_clipfrac}

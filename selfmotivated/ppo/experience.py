@@ -19,7 +19,9 @@ from typing import Callable, Sequence
 import torch
 
 from .actor_critic import ActorCritic
-from .core import compute_gae, compute_rewards, explained_variance, masked_mean, masked_sum, masked_whiten
+from .core import (
+    compute_gae, compute_rewards, explained_variance, group_advantages, masked_mean, masked_sum, masked_whiten,
+)
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Rollout:
     sampler_logprobs: list[float] | None  # the engine's log-probs of response_ids
     finish_reason: str  # eos | stop | length
     example: object = None  # the training question (records.Example) when known
+    group: int = 0  # which prompt of the batch: the samples of one question share it (group baseline)
 
 
 @dataclass
@@ -48,13 +51,13 @@ class Experience:
     # from the no-grad forward passes
     old_logprobs: torch.Tensor  # (B, T) log pi_old(token), the policy before this iteration's updates
     ref_logprobs: torch.Tensor  # (B, T) log pi_ref(token), the frozen SFT model
-    old_values: torch.Tensor  # (B, T) V(state before the token), the critic before the updates
+    old_values: torch.Tensor  # (B, T) V(state before the token), the critic before the updates (0: rloo)
     # reward shaping and advantages
     scores: torch.Tensor  # (B,) sequence reward: reward-model score (+ answer bonus/penalty)
     kl: torch.Tensor  # (B, T) per-token KL(policy || reference) estimate
     rewards: torch.Tensor  # (B, T) -beta * kl on every token, + score on the last one
-    advantages: torch.Tensor  # (B, T) GAE advantages, whitened over the batch
-    returns: torch.Tensor  # (B, T) value targets: raw advantages + old values
+    advantages: torch.Tensor  # (B, T) GAE advantages, or the row's group advantage on each of its tokens
+    returns: torch.Tensor  # (B, T) value targets: raw advantages + old values (0: rloo, no critic)
 
     def __len__(self) -> int:
         return self.sequences.shape[0]
@@ -110,7 +113,7 @@ def generate_rollouts(
     eval mode, without gradients). Rows: prompt order, the samples of a prompt side by side."""
     completions = generator.generate(list(prompts), params)
     rollouts = []
-    for prompt, example, samples in zip(prompts, examples, completions, strict=True):
+    for group, (prompt, example, samples) in enumerate(zip(prompts, examples, completions, strict=True)):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for c in samples:
             rollouts.append(
@@ -122,6 +125,7 @@ def generate_rollouts(
                     sampler_logprobs=c.logprobs,
                     finish_reason=c.finish_reason,
                     example=example,
+                    group=group,
                 )
             )
     return rollouts
@@ -149,11 +153,15 @@ def make_experience(
     lam: float = 0.95,
     whiten: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = masked_whiten,
     batch_size: int = 8,
+    advantage: str = "gae",
 ) -> tuple[Experience, dict[str, float]]:
     """Experience from rollouts and their sequence scores (B,), and this process's rollout stats.
 
-    whiten(advantages, mask): how advantages are normalised (masked_whiten, or a version whose
-    statistics span every process); None keeps raw advantages.
+    advantage "gae": the critic's values and GAE over the KL-shaped per-token rewards; whiten(advantages,
+    mask) normalises them (masked_whiten, or a version whose statistics span every process; None: raw).
+    advantage "rloo": no critic; each row's return (score - beta * its summed KL) minus the mean return of
+    the other samples of its question (`Rollout.group`), the same on every token of the row; `whiten` given
+    divides by the advantages' standard deviation over this process's rows, keeping their sign.
     """
     device = next(ac.parameters()).device
     seq, attn, mask, P = collate(rollouts, pad_id, device)
@@ -161,15 +169,29 @@ def make_experience(
         ac.policy_logprobs, batch_size, seq, attn, prompt_width=P, with_entropy=True
     )  # (B, T) each
     (ref_logprobs,) = _in_chunks(ac.reference_logprobs, batch_size, seq, attn, prompt_width=P)  # (B, T)
-    (values,) = _in_chunks(ac.values, batch_size, seq, attn, prompt_width=P)  # (B, T)
+    if advantage == "gae":
+        (values,) = _in_chunks(ac.values, batch_size, seq, attn, prompt_width=P)  # (B, T)
+    else:
+        values = torch.zeros_like(old_logprobs)  # no critic: nothing to run
     scores = scores.to(device=device, dtype=torch.float32)
 
     rewards, kl = compute_rewards(
         scores, old_logprobs, ref_logprobs, mask, kl_coef, kl_estimator
     )  # (B, T) x2
-    advantages, returns = compute_gae(rewards, values, mask, gamma, lam)  # (B, T) x2
-    if whiten is not None:
-        advantages = whiten(advantages, mask)
+    if advantage == "gae":
+        advantages, returns = compute_gae(rewards, values, mask, gamma, lam)  # (B, T) x2
+        if whiten is not None:
+            advantages = whiten(advantages, mask)
+    elif advantage == "rloo":
+        groups = torch.tensor([r.group for r in rollouts], device=device)
+        row_advantage = group_advantages(rewards.sum(-1), groups)  # (B,)
+        # Scale only a real spread: rounding noise of equal scores must stay ~0, not become +-1.
+        if whiten is not None and len(row_advantage) > 1 and row_advantage.std() > 1e-4:
+            row_advantage = row_advantage / row_advantage.std()
+        advantages = torch.where(mask.bool(), row_advantage[:, None], 0)  # (B, T)
+        returns = torch.zeros_like(advantages)
+    else:
+        raise ValueError(f"unknown advantage {advantage!r}; expected 'gae' or 'rloo'")
 
     exp = Experience(
         sequences=seq,
@@ -194,12 +216,14 @@ def make_experience(
         "ppo/score_mean": scores.mean().item(),
         "ppo/score_std": scores.std().item() if len(scores) > 1 else 0.0,
         "ppo/values_mean": masked_mean(values, mask).item(),
-        # How much of the returns' variance the critic's rollout values explain (1 perfect, <= 0 useless).
-        "ppo/explained_variance": _explained_variance(values, returns, mask),
-        "ppo/returns_mean": masked_mean(returns, mask).item(),
+        "ppo/advantage_abs_mean": masked_mean(advantages.abs(), mask).item(),
         "rollout/response_length": lengths.mean().item(),
         "rollout/truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
     }
+    if advantage == "gae":
+        # How much of the returns' variance the critic's rollout values explain (1 perfect, <= 0 useless).
+        stats["ppo/explained_variance"] = _explained_variance(values, returns, mask)
+        stats["ppo/returns_mean"] = masked_mean(returns, mask).item()
     sampler = [r.sampler_logprobs for r in rollouts]
     if all(s is not None for s in sampler):
         from_sampler = torch.zeros_like(old_logprobs)

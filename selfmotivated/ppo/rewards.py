@@ -13,9 +13,11 @@ Both read the score at the last token of `prompt ids + tokens of the response te
 `reward.score_texts` does, so PPO optimises the same number the reward model was trained and
 evaluated on.
 
-The answer-based terms (off by default, ablations reported apart): + `correct_bonus` when the final
-answer matches the gold answer of the training question, - `no_answer_penalty` when the response
-states no final answer. They use the project's one answer checker (`answers.check_answer`).
+`sequence_scores` assembles the score PPO maximises: the reward model's (reward "rm", the method), the
+answer checker's verdict on the training question's gold (reward "checker": the verifiable-reward control
+the learned reward is judged against), or both; minus a penalty for text cut off at the token limit; plus
+the ablation terms `correct_bonus` / `no_answer_penalty` (0 by default). Correctness always comes from the
+project's one answer checker (`answers.check_answer`), as in evaluation.
 """
 
 from __future__ import annotations
@@ -138,26 +140,38 @@ class SeparateRewardModel:
         )
 
 
-def answer_terms(
-    responses: Sequence[str], examples: Sequence, correct_bonus: float, no_answer_penalty: float
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Per-response bonus (B,) = correct_bonus * [answer matches gold] - no_answer_penalty * [no answer],
-    and rollout stats (share correct, share with no final answer). Examples without gold count as wrong."""
+def check_rollouts(responses: Sequence[str], examples: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct (B,), no_answer (B,)) as 0/1 floats, by the project's one answer checker against each training
+    question's gold. A response without a question (examples None) counts as wrong and answered."""
     from ..answers import check_answer
 
     correct, no_answer = [], []
     for text, ex in zip(responses, examples, strict=True):
         if ex is None:
-            correct.append(False)
-            no_answer.append(False)
+            correct.append(0.0)
+            no_answer.append(0.0)
             continue
         prediction, ok = check_answer(text, ex)
-        correct.append(bool(ok))
-        no_answer.append(prediction is None)
-    c = torch.tensor(correct, dtype=torch.float32)
-    n = torch.tensor(no_answer, dtype=torch.float32)
-    bonus = correct_bonus * c - no_answer_penalty * n
-    stats = {}
-    if any(ex is not None for ex in examples):
-        stats = {"rollout/correct_frac": c.mean().item(), "rollout/no_answer_frac": n.mean().item()}
-    return bonus, stats
+        correct.append(float(bool(ok)))
+        no_answer.append(float(prediction is None))
+    return torch.tensor(correct), torch.tensor(no_answer)
+
+
+def sequence_scores(config, rm_scores: torch.Tensor | None, correct: torch.Tensor, no_answer: torch.Tensor,
+                    truncated: torch.Tensor) -> torch.Tensor:
+    """The sequence reward PPO maximises, (B,):
+
+        score = [reward-model score]                          (reward rm or rm+checker)
+              + checker_reward * [checker finds the gold]     (reward checker or rm+checker)
+              + correct_bonus * [gold] - no_answer_penalty * [no answer]   (ablation terms, 0 by default)
+              - truncation_penalty * [cut off at max_new_tokens]
+    """
+    score = torch.zeros_like(correct)
+    if config.reward in ("rm", "rm+checker"):
+        if rm_scores is None:
+            raise ValueError(f"reward {config.reward!r} needs the reward model's scores")
+        score = score + rm_scores.float()
+    if config.reward in ("checker", "rm+checker"):
+        score = score + config.checker_reward * correct
+    score = score + config.correct_bonus * correct - config.no_answer_penalty * no_answer
+    return score - config.truncation_penalty * truncated

@@ -4,8 +4,8 @@ One iteration, top to bottom (OpenRLHF's three steps, CleanRL's names):
 
     prompts, examples = trainer.prompt_batch(step)           # this process's share of the questions
     rollouts   = generate_rollouts(...)                       # 1. sample with the policy (engine, no grad)
-    scores     = reward_fn(prompts, responses) + bonus        #    sequence reward: reward-model score
-    experience = make_experience(...)                         # 2. old/ref log-probs, values, r - beta*KL, GAE
+    scores     = sequence_scores(...)                         #    reward model and/or answer checker
+    experience = make_experience(...)                         # 2. old/ref log-probs, r - beta*KL, advantages
     stats      = trainer.update(experience)                   # 3. PPO epochs over minibatches
     kl_ctl.update(kl), evaluate every K steps, guard, checkpoint, log
 
@@ -16,6 +16,10 @@ How this simplifies the textbook algorithm, and why:
   (two smaller graphs instead of one) and no `vf_coef` is needed: under Adam a constant factor on one
   loss only rescales nothing (the update is scale-free), so the critic gets its own learning rate.
 - The model is never put in train mode: dropout would make the first PPO ratio differ from 1.
+- advantage "rloo" (the default) replaces the critic by a baseline per question, the mean return of the
+  question's other samples: the reward model only ever learned differences within a question, and a
+  critic on a 2-core CPU costs a forward and a backward per row for a baseline that starts worse than
+  a constant. advantage "gae" keeps the textbook critic, trained alone for its first iterations.
 - Distributed: each process samples and scores its own prompts; advantages are whitened with
   statistics over all processes; gradients are averaged by hand (one all-reduce of the flattened
   trainable gradients per optimizer step) rather than through DDP, which cannot follow two adapters
@@ -48,7 +52,8 @@ from .actor_critic import ActorCritic, build_actor_critic, lora_config, merge_if
 from .core import AdaptiveKLController, FixedKLController, masked_mean, masked_sum, policy_loss, value_loss
 from .experience import Experience, generate_rollouts, make_experience
 from .guard import Alarm, FailureGuard, GuardTripped
-from .rewards import RewardFn, answer_terms
+from ..metrics import auroc
+from .rewards import RewardFn, check_rollouts, sequence_scores
 
 log = logging.getLogger(__name__)
 
@@ -246,14 +251,23 @@ class PPOTrainer:
         )
         timings["time/generate"] = time.perf_counter() - t0
 
-        # sequence scores: the reward model (+ optional answer terms)
+        # sequence scores: the reward model and/or the answer checker, minus the truncation penalty
         t = time.perf_counter()
         responses = [r.response for r in rollouts]
-        rm_scores = self.reward_fn([r.prompt for r in rollouts], responses).float().cpu()  # (B,)
-        bonus, answer_stats = answer_terms(
-            responses, [r.example for r in rollouts], config.correct_bonus, config.no_answer_penalty
-        )  # (B,)
-        scores = rm_scores + bonus
+        correct, no_answer = check_rollouts(responses, [r.example for r in rollouts])  # (B,) each, 0/1
+        truncated = torch.tensor([float(r.finish_reason == "length") for r in rollouts])  # (B,)
+        rm_scores = None
+        if config.reward in ("rm", "rm+checker"):
+            rm_scores = self.reward_fn([r.prompt for r in rollouts], responses).float().cpu()  # (B,)
+        scores = sequence_scores(config, rm_scores, correct, no_answer, truncated)  # (B,)
+        answer_stats = {"rollout/correct_frac": correct.mean().item(),
+                        "rollout/no_answer_frac": no_answer.mean().item()}
+        if rm_scores is not None:
+            answer_stats["ppo/rm_score_mean"] = rm_scores.mean().item()
+            # Does the reward model still track correctness on what the policy writes now? (nan: all
+            # right or all wrong this iteration)
+            rm_auroc = auroc(rm_scores.tolist(), [bool(c) for c in correct.tolist()])
+            answer_stats["ppo/rm_auroc"] = rm_auroc if rm_auroc is not None else math.nan
         timings["time/score"] = time.perf_counter() - t
 
         # 2. make experience: no-grad forwards of policy, reference and critic; KL-shaped rewards; GAE
@@ -269,6 +283,7 @@ class PPOTrainer:
             config.lam,
             self.whiten,
             batch_size=config.micro_batch_size,
+            advantage=config.advantage,
         )
         timings["time/forward"] = time.perf_counter() - t
 
@@ -277,13 +292,7 @@ class PPOTrainer:
         update_stats = self.update(experience)
         timings["time/update"] = time.perf_counter() - t
 
-        metrics = {
-            **exp_stats,
-            **answer_stats,
-            **update_stats,
-            "ppo/rm_score_mean": rm_scores.mean().item(),
-            "ppo/bonus_mean": bonus.mean().item(),
-        }
+        metrics = {**exp_stats, **answer_stats, **update_stats}
         metrics = reduce_stats(metrics, self.accelerator)
         metrics["ppo/kl_coef"] = self.kl_ctl.value
         self.kl_ctl.update(metrics["ppo/kl"], config.prompts_per_iteration * config.samples_per_prompt)
@@ -351,64 +360,82 @@ class PPOTrainer:
     # step 3: the PPO update
 
     def update(self, exp: Experience) -> dict[str, float]:
-        """ppo_epochs passes over the experience in shuffled minibatches; one optimizer step each."""
+        """ppo_epochs passes over the experience in shuffled minibatches, one optimizer step each; stops after
+        the minibatch whose approx KL(old || new) passes target_kl (the policy moved far enough from the one
+        that sampled this batch). With gae, the first critic_warmup_iterations train only the critic."""
         config = self.config
         sums: dict[str, list[float]] = defaultdict(list)
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + self.state.step)
-        epochs_done = 0
+        train_actor = not (config.advantage == "gae" and self.state.step < config.critic_warmup_iterations)
+        train_critic = config.advantage == "gae"
+        epochs_done, minibatches, early_stop = 0, 0, False
         for _ in range(config.ppo_epochs):
             order = torch.randperm(len(exp), generator=gen)
-            epoch_kl = []
             for mb in order.split(config.mini_batch_size):
-                for k, v in self.minibatch_step(exp, mb).items():
+                for k, v in self.minibatch_step(exp, mb, train_actor, train_critic).items():
                     sums[k].append(v)
-                epoch_kl.append(sums["ppo/approx_kl"][-1])
+                minibatches += 1
+                if train_actor and config.target_kl:
+                    kl = reduce_stats({"kl": sums["ppo/approx_kl"][-1]}, self.accelerator)["kl"]
+                    if kl > config.target_kl:
+                        early_stop = True
+                        break
             epochs_done += 1
-            if config.target_kl:
-                kl = reduce_stats({"kl": sum(epoch_kl) / len(epoch_kl)}, self.accelerator)["kl"]
-                if kl > config.target_kl:
-                    break  # the policy moved far enough from the one that sampled this batch
+            if early_stop:
+                break
         stats = {k: sum(v) / len(v) for k, v in sums.items()}
         stats["ppo/epochs"] = epochs_done
+        stats["ppo/minibatches"] = minibatches
+        stats["ppo/early_stop"] = float(early_stop)
+        stats["ppo/critic_warmup"] = float(not train_actor)
         return stats
 
-    def minibatch_step(self, exp: Experience, index: torch.Tensor) -> dict[str, float]:
-        """One optimizer step on rows `index`, accumulated over micro-batches; returns its stats."""
+    def minibatch_step(self, exp: Experience, index: torch.Tensor, train_actor: bool = True,
+                       train_critic: bool = True) -> dict[str, float]:
+        """One optimizer step on rows `index`, accumulated over micro-batches; returns its stats. Losses are
+        token means over the whole minibatch (each micro-batch adds its tokens' share)."""
         config, ac = self.config, self.ac
         self.optimizer.zero_grad(set_to_none=True)
         stats: dict[str, float] = defaultdict(float)
+        num_tokens = float(exp.response_mask[index].sum())
         for micro in index.split(config.micro_batch_size):
             mb = exp.select(micro)
-            weight = len(micro) / len(index)  # losses are token means per micro-batch; weight by rows
             seq, attn, mask, P = mb.sequences, mb.attention_mask, mb.response_mask, mb.prompt_width
+            share = float(mask.sum()) / max(num_tokens, 1.0)  # this micro-batch's weight in token means
 
-            logprobs, entropy = ac.policy_logprobs(
-                seq, attn, P, with_entropy=config.entropy_coef > 0
-            )  # (b, T)
-            pg_loss, pg_stats = policy_loss(logprobs, mb.old_logprobs, mb.advantages, mask, config.clip_range)
-            actor_loss = (
-                pg_loss if entropy is None else pg_loss - config.entropy_coef * masked_mean(entropy, mask)
-            )
-            (actor_loss * weight).backward()
+            if train_actor:
+                logprobs, entropy = ac.policy_logprobs(
+                    seq, attn, P, with_entropy=config.entropy_coef > 0
+                )  # (b, T)
+                pg_loss, pg_stats = policy_loss(
+                    logprobs, mb.old_logprobs, mb.advantages, mask, config.clip_range, num_tokens
+                )
+                actor_loss = pg_loss
+                if entropy is not None:
+                    actor_loss = pg_loss - config.entropy_coef * masked_sum(entropy, mask) / max(num_tokens, 1.0)
+                actor_loss.backward()
+                stats["losses/policy"] += pg_loss.item()
+                # pg_stats are this micro-batch's token means; weigh them by its share of the tokens
+                stats["ppo/clipfrac"] += share * pg_stats["clipfrac"].item()
+                stats["ppo/approx_kl"] += share * pg_stats["approx_kl"].item()
 
-            values = ac.values(seq, attn, P)  # (b, T)
-            vf_loss, vf_stats = value_loss(
-                values, mb.old_values, mb.returns, mask, config.clip_range_value or None
-            )
-            (vf_loss * weight).backward()
-
-            stats["losses/policy"] += weight * pg_loss.item()
-            stats["losses/value"] += weight * vf_loss.item()
-            stats["ppo/clipfrac"] += weight * pg_stats["clipfrac"].item()
-            stats["ppo/approx_kl"] += weight * pg_stats["approx_kl"].item()
-            stats["ppo/vf_clipfrac"] += weight * vf_stats["vf_clipfrac"].item()
+            if train_critic:
+                values = ac.values(seq, attn, P)  # (b, T)
+                vf_loss, vf_stats = value_loss(
+                    values, mb.old_values, mb.returns, mask, config.clip_range_value or None, num_tokens
+                )
+                vf_loss.backward()
+                stats["losses/value"] += vf_loss.item()
+                stats["ppo/vf_clipfrac"] += share * vf_stats["vf_clipfrac"].item()
 
         actor, critic = ac.actor_parameters, ac.critic_parameters
         average_gradients(actor + critic, self.accelerator)
         if config.max_grad_norm:
-            stats["ppo/grad_norm_policy"] = float(torch.nn.utils.clip_grad_norm_(actor, config.max_grad_norm))
-            stats["ppo/grad_norm_value"] = float(torch.nn.utils.clip_grad_norm_(critic, config.max_grad_norm))
-        self.optimizer.step()
+            if train_actor:
+                stats["ppo/grad_norm_policy"] = float(torch.nn.utils.clip_grad_norm_(actor, config.max_grad_norm))
+            if train_critic:
+                stats["ppo/grad_norm_value"] = float(torch.nn.utils.clip_grad_norm_(critic, config.max_grad_norm))
+        self.optimizer.step()  # parameters without a gradient (set_to_none) are left as they are
         return dict(stats)
 
     # ------------------------------------------------------------------------------------------
@@ -752,6 +779,49 @@ def make_eval_fn(config: PPOConfig, sft: str, out: Path) -> Callable:
     return eval_fn
 
 
+class RewardModelInvalid(ValueError):
+    """The reward model's validity report says it does not track correctness; PPO against it would optimise
+    noise. Carries the report."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+VALIDITY_FILE = "validity.json"
+
+
+def find_validity_report(reward_path: str | Path) -> Path | None:
+    """The validity report `sml reward` wrote beside (OUT/validity.json) or inside its model folder."""
+    folder = Path(reward_path)
+    for candidate in (folder / VALIDITY_FILE, folder.parent / VALIDITY_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def check_reward_validity(reward_path: str | Path, min_auroc: float) -> dict | None:
+    """Refuse (RewardModelInvalid) when the reward model's AUROC against the answer checker, on fresh samples
+    of held-out training questions, is below min_auroc. No report (a reward model from elsewhere): a warning."""
+    if not min_auroc:
+        return None
+    path = find_validity_report(reward_path)
+    if path is None:
+        log.warning("no %s for the reward model %s: its agreement with the answer checker is unknown "
+                    "(`sml reward` writes one; --min-reward-auroc 0 silences this)", VALIDITY_FILE, reward_path)
+        return None
+    report = json.loads(path.read_text())
+    value = report.get("auroc")
+    if value is None or value < min_auroc:
+        shown = "undefined (every sample right, or every one wrong)" if value is None else f"{value:.3f}"
+        raise RewardModelInvalid(
+            f"the reward model {reward_path} does not track correctness: AUROC of its score against the answer "
+            f"checker on {report.get('n', '?')} fresh samples of held-out training questions is {shown}, "
+            f"below min_reward_auroc={min_auroc} ({path}). PPO against it would optimise noise; retrain it, or "
+            f"pass --min-reward-auroc 0 (ppo.min_reward_auroc: 0) to run anyway", report)
+    return report
+
+
 def run_ppo(config: PPOConfig, reward_fn: RewardFn | None = None, eval_fn: Callable | None = None) -> dict:
     """Run PPO (resuming from OUT's last checkpoint when there is one) and save OUT/policy. Returns a summary.
 
@@ -780,11 +850,16 @@ def build_trainer(
     from .rewards import SeparateRewardModel, SharedRewardModel, shares_backbone
 
     sft, reward_path, out = resolve_paths(config)
-    if reward_fn is None and reward_path is None:
+    uses_rm = config.reward in ("rm", "rm+checker")
+    if not uses_rm:
+        reward_path = None  # the checker alone scores: no reward model is loaded, nor its critic start
+    if uses_rm and reward_fn is None and reward_path is None:
         raise ValueError(
             "ppo needs a reward model: pass --reward-model (a `sml reward` output folder) or --run-dir "
-            "with RUN_DIR/reward/model"
+            "with RUN_DIR/reward/model (or --reward checker for the answer checker as the reward)"
         )
+    if uses_rm and reward_fn is None:
+        check_reward_validity(reward_path, config.min_reward_auroc)
     # Without a GPU, accelerate sets up torch.distributed (gloo) for several processes only when told cpu=True.
     from ..training import reset_single_process_state
 
@@ -807,8 +882,9 @@ def build_trainer(
         )
     lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
     ac = build_actor_critic(model, config.method, lora, critic_from=critic_from)
+    ac.temperature = config.temperature
     _broadcast_trainable(ac, accelerator)  # every process starts from rank 0's fresh adapters
-    if reward_fn is None:
+    if reward_fn is None and uses_rm:
         if shared and config.method == "lora":
             reward_fn = SharedRewardModel.from_folder(
                 ac, tokenizer, reward_path, batch_size=config.micro_batch_size
