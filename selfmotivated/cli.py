@@ -359,12 +359,33 @@ def _run_model_prepare(args):
     print(resolve_model(args.name))
 
 
+# --- review -----------------------------------------------------------------------------------------------
+def _add_review(sub):
+    from .review import ReviewConfig
+
+    p = sub.add_parser("review", help="a local page to label a run's rationales; agreement of tiers and reward "
+                                      "model with the labels")
+    p.add_argument("run", help="run folder of `sml run` or `sml generate`")
+    p.add_argument("--json", action="store_true", help="print the agreement figures as JSON, no server")
+    add_config_args(p, ReviewConfig)
+    p.set_defaults(func=_run_review)
+
+
+def _run_review(args):
+    from .review import ReviewConfig, run_review
+
+    config = config_from_args(ReviewConfig, args, {"run": args.run, "figures_only": args.json}, source="flags")
+    result = run_review(config)
+    if config.export or config.figures_only:
+        _print(result if config.export and not args.json else result["figures"], True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sml", description="Self-motivated Learning for language model reasoning")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_eval, _add_score, _add_data, _add_generate, _add_rationales, _add_training,
-                _add_report, _add_bench, _add_model):
+                _add_report, _add_bench, _add_model, _add_review):
         add(sub)
     return parser
 

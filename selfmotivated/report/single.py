@@ -34,6 +34,12 @@ def single_report(run: Run, published: dict, config: ReportConfig, plot_dir: Pat
         ("What to look at", _facts_section),
         ("Missing", _missing_section),
     ]
+    from ..review import has_labels
+
+    if has_labels(run.path):  # people's labels of the rationales (`sml review`)
+        from ..review.report_block import review_section
+
+        sections.insert(4, ("People's labels", review_section))
     for title, build in sections:
         blocks.append(Heading(1, title))
         try:
