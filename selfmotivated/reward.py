@@ -2,9 +2,10 @@
 reranking with it (`sml rerank`).
 
 Model: `AutoModelForSequenceClassification(num_labels=1)` on (prompt, rationale + answer). The score of a
-sequence is the head's value at its last token: sequences are right-padded and never end in a pad token
-(a trailing pad/EOS is stripped), so transformers' "rightmost non-pad token" pooling picks exactly that
-position. Default: a LoRA adapter plus the score head (PEFT `modules_to_save`) on the SFT weights, so PPO can
+sequence is the head's value at its last real token (by the attention mask, whatever the pad token is). A
+finished response ends with the EOS token, an unfinished one (cut off at the token limit, or stored with no
+answer) does not: training pairs and PPO's rollouts follow the same rule, so the score can tell text that
+ended from text that ran out. Default: a LoRA adapter plus the score head (PEFT `modules_to_save`) on the SFT weights, so PPO can
 share one backbone; `--method full` trains every weight.
 
 Loss (InstructGPT, Ouyang et al. 2022, sec. 3.5): all pairs of one question are in the same batch; each
@@ -109,6 +110,7 @@ class QuestionGroup:
     responses: list[str]
     tiers: list[int]
     pairs: list[tuple[int, int]]  # indices into responses
+    finished: list[bool] = field(default_factory=list)  # per response: ended (scored at an EOS token)
 
 
 def load_pair_rows(config: RewardConfig) -> list[dict]:
@@ -149,12 +151,15 @@ def group_pairs(rows: Sequence[dict]) -> list[QuestionGroup]:
         elif group.prompt != row["prompt"]:
             raise ValueError(f"{where}: question {qid!r} appears with two different prompts")
         ids = []
-        for text, tier in ((row["chosen"], better), (row["rejected"], worse)):
+        # A pair file without the flags holds finished texts (a user's chosen/rejected answers).
+        for text, tier, done in ((row["chosen"], better, bool(row.get("chosen_finished", True))),
+                                 (row["rejected"], worse, bool(row.get("rejected_finished", True)))):
             j = index[qid].get(text)
             if j is None:
                 j = index[qid][text] = len(group.responses)
                 group.responses.append(text)
                 group.tiers.append(tier)
+                group.finished.append(done)
             elif group.tiers[j] != tier:
                 raise ValueError(f"{where}: a response of question {qid!r} has tier {tier} here and "
                                  f"{group.tiers[j]} in an earlier row")
@@ -164,11 +169,14 @@ def group_pairs(rows: Sequence[dict]) -> list[QuestionGroup]:
     return list(groups.values())
 
 
-def encode_scored(tokenizer, prompt_ids: list[int], response: str) -> list[int]:
-    """prompt + response ids, trailing pad tokens removed, so the last token is where the score is read."""
+def encode_scored(tokenizer, prompt_ids: list[int], response: str, finished: bool = True) -> list[int]:
+    """prompt + response ids (trailing pad tokens of the text removed), then EOS when the response finished:
+    the last token, where the score is read, is EOS for a finished response and the last word of one cut off."""
     ids = prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"]
-    while len(ids) > 1 and ids[-1] == tokenizer.pad_token_id:
+    while len(ids) > 1 and ids[-1] in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         ids.pop()
+    if finished and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
     return ids
 
 
@@ -180,7 +188,8 @@ def tokenize_groups(groups: Sequence[QuestionGroup], tokenizer, max_length: int,
     items, dropped = [], {"responses": 0, "pairs": 0, "questions": 0}
     for g in groups:
         prompt_ids = tokenizer(g.prompt, add_special_tokens=False)["input_ids"]
-        seqs = [encode_scored(tokenizer, prompt_ids, r) for r in g.responses]
+        done = g.finished or [True] * len(g.responses)
+        seqs = [encode_scored(tokenizer, prompt_ids, r, f) for r, f in zip(g.responses, done)]
         keep = [len(s) <= max_length for s in seqs]
         if not all(keep) and too_long == "error":
             n = max(len(s) for s in seqs)
@@ -236,10 +245,32 @@ def group_padding_fraction(items: Sequence[dict], batches: Sequence[Sequence[int
     return 1 - sum(map(sum, lengths)) / padded if padded else 0.0
 
 
+def _score_head(model):
+    """The per-token score head of a sequence-classification model (`score`, wrapped by PEFT or not)."""
+    named = [(n, m) for n, m in model.named_modules() if n == "score" or n.endswith(".score")]
+    return min(named, key=lambda nm: len(nm[0]))[1] if named else None
+
+
 def reward_scores(model, input_ids, attention_mask):
-    """Score of each sequence, (S,), read at its last token (see the module docstring)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out.logits[:, 0].float()
+    """Score of each right-padded sequence, (S,), read at its last real token by the attention mask.
+
+    transformers pools at the last token that is not the pad token, which skips a final EOS whenever the
+    tokenizer pads with EOS; the head's per-token output is taken from a hook instead, so EOS is scored."""
+    import torch
+
+    head = _score_head(model)
+    captured = {}
+    handle = head.register_forward_hook(lambda m, i, o: captured.__setitem__("logits", o)) if head else None
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        if handle is not None:
+            handle.remove()
+    per_token = captured.get("logits")
+    if per_token is None or per_token.dim() != 3:  # an architecture without a per-token head: its own pooling
+        return out.logits[:, 0].float()
+    last = attention_mask.long().sum(-1) - 1  # (S,) right padding: the last real position
+    return per_token[torch.arange(per_token.shape[0], device=per_token.device), last, 0].float()
 
 
 def pairwise_losses(scores, batch: dict):
@@ -429,21 +460,23 @@ def load_reward_model(path: str | Path, device: str = "cpu", dtype: str = "float
 
 
 def score_texts(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 8,
-                max_length: int | None = None) -> list[float]:
-    """Reward of each (prompt, response), in input order. A sequence longer than max_length (default: the
-    model's context) keeps its last max_length tokens: the score is read at the end, so only the start of
-    the prompt is lost (logged)."""
+                max_length: int | None = None, finished: Sequence[bool] | None = None) -> list[float]:
+    """Reward of each (prompt, response), in input order. finished[i] False: response i was cut off at the
+    token limit (scored without EOS; default: every response finished). A sequence longer than max_length
+    (default: the model's context) keeps its last max_length tokens: the score is read at the end, so only
+    the start of the prompt is lost (logged)."""
     import torch
 
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    finished = list(finished) if finished is not None else [True] * len(responses)
     max_length = max_length or getattr(model.config, "max_position_embeddings", None) or 10**9
     cache: dict[str, list[int]] = {}
     seqs, cut = [], 0
-    for p, r in zip(prompts, responses):
+    for p, r, done in zip(prompts, responses, finished, strict=True):
         if p not in cache:
             cache[p] = tokenizer(p, add_special_tokens=False)["input_ids"]
-        ids = encode_scored(tokenizer, cache[p], r)
+        ids = encode_scored(tokenizer, cache[p], r, done)
         if len(ids) > max_length:
             ids, cut = ids[-max_length:], cut + 1
         seqs.append(ids)
@@ -789,12 +822,14 @@ def run_rerank(config: RerankConfig, *, generator=None, policy_tokenizer=None, r
             params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                     top_p=config.top_p, n=config.n, seed=config.seed + todo[start][0],
                                     stop=stop_strings(policy_tokenizer, config.chat))
-            samples = [[c.text for c in cs] for cs in generator.generate(prompts, params, progress=False)]
+            completions = generator.generate(prompts, params, progress=False)
+            samples = [[c.text for c in cs] for cs in completions]
             score_prompts = [build_prompt(ex, reward_tokenizer, style=config.prompt, chat=config.chat,
                                           templates=templates) for ex in part]
             flat = score_texts(reward_model, reward_tokenizer,
                                [p for p, s in zip(score_prompts, samples) for _ in s],
-                               [t for s in samples for t in s], batch_size=config.score_batch_size)
+                               [t for s in samples for t in s], batch_size=config.score_batch_size,
+                               finished=[c.finish_reason != "length" for cs in completions for c in cs])
             scores, k = [], 0
             for s in samples:
                 scores.append(flat[k:k + len(s)])

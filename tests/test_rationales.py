@@ -144,6 +144,7 @@ def row(
     target="",
     leak=False,
     qid="q",
+    finish_reason="eos",
 ):
     """A stored rationale as the store returns it (forced_text None = forcing was not run)."""
     return {
@@ -158,7 +159,7 @@ def row(
         "forced_text": forced_text,
         "leak": leak,
         "fingerprint": "f",
-        "finish_reason": "eos",
+        "finish_reason": finish_reason,
         "n_tokens": 5,
         "params": {},
     }
@@ -230,7 +231,7 @@ def test_outcomes_and_default_tiers_for_every_kind():
         (row(6, "gold", answer="12", forced="12", target="12"), "consistent", 3),
         (row(7, "gold", answer="12", forced="9", target="12"), "inconsistent", 2),
         (row(8, "gold", answer="9", forced="12", target="12"), "inconsistent", 2),
-        (row(9, "gold", answer=None, forced="12", target="12"), "no_answer", 2),
+        (row(9, "gold", answer=None, forced="12", target="12"), "no_answer", 1),  # unfinished: 1, hinted or not
         (row(10, "wrong", answer="7", forced="7", target="7"), "consistent", 1),
         (row(11, "wrong", answer="7", forced="8", target="7"), "inconsistent", 1),
         (row(12, "wrong", answer=None, forced="8", target="7"), "no_answer", 1),
@@ -279,18 +280,19 @@ def test_duplicates_count_once_and_keep_the_best_copy():
     rows = [
         row(1, "free", "Half of 24 is 12. The answer is 12.", "12", "12"),
         row(2, "free", "half of 24  is 12 -- The answer is 12", "12", "12"),  # same after normalising
-        row(3, "free", "I am not sure how to go on", None, None),  # tier 1 copy
-        row(4, "gold", "I am not sure how to go on.", None, None, target="12"),  # tier 2 copy: kept
+        row(3, "free", "I am not sure. The answer is 9", "9", None),  # tier 1 copy
+        row(4, "gold", "I am not sure. The answer is 9.", "9", None, target="12"),  # tier 2 copy: kept
         row(5, "free", "24 / 2 = 12. The answer is 12.", "12", "12"),
     ]
-    result = rank_all({"q": q}, rows, RankConfig())["per_question"]["q"]
+    config = RankConfig(pairs="all")
+    result = rank_all({"q": q}, rows, config)["per_question"]["q"]
     assert result["n_duplicates"] == 2
     ranked = {r["rid"]: r["tier"] for r in result["ranked"]}
     assert ranked == {1: 3, 5: 3, 4: 2}
     assert {r["rid"]: r["status"] for r in result["all"]}[3] == "duplicate"
     # Duplicates make no extra pairs: 2 top x 1 tier-2 rationales.
     assert len(result["pairs"]) == 2
-    stats = compute_stats({"q": q}, rank_all({"q": q}, rows, RankConfig()), RankConfig())
+    stats = compute_stats({"q": q}, rank_all({"q": q}, rows, config), config)
     assert stats["n_duplicates_skipped"] == 2 and stats["tiers"] == {"3": 2, "2": 1}
 
 
@@ -302,8 +304,8 @@ def test_leaks_are_filtered_when_asked_and_counted_always():
         row(3, "wrong", "7 things. The answer is 7.", "7", "7", target="7"),
         row(4, "wrong", "We are told the answer is 7. The answer is 7.", "7", "7", target="7", leak=True),
     ]
-    on = rank_all({"q": q}, rows, RankConfig(filter_leaks=True))
-    off = rank_all({"q": q}, rows, RankConfig(filter_leaks=False))
+    on = rank_all({"q": q}, rows, RankConfig(filter_leaks=True, pairs="all"))
+    off = rank_all({"q": q}, rows, RankConfig(filter_leaks=False, pairs="all"))
     assert [r["rid"] for r in on["per_question"]["q"]["ranked"]] == [1, 3]
     assert sorted(r["rid"] for r in off["per_question"]["q"]["ranked"]) == [1, 2, 3, 4]
     stats = compute_stats({"q": q}, on, RankConfig())
@@ -341,7 +343,7 @@ def test_pairs_every_higher_lower_pair_no_ties_seeded_cap():
         row(4, "free", "d", "9", "9"),
         row(5, "wrong", "e", "7", "7", target="7"),
     ]
-    full = rank_all({"q": q}, rows, RankConfig(max_pairs_per_question=None))
+    full = rank_all({"q": q}, rows, RankConfig(max_pairs_per_question=None, pairs="all"))
     pairs = {(p["chosen_id"], p["rejected_id"]) for p in full["pairs"]}
     # tiers 3,3,2,1,1: 2*1 + 2*2 + 1*2 = 8 pairs; none between equal tiers.
     assert pairs == {(1, 3), (2, 3), (1, 4), (1, 5), (2, 4), (2, 5), (3, 4), (3, 5)}
@@ -350,17 +352,45 @@ def test_pairs_every_higher_lower_pair_no_ties_seeded_cap():
         full["pairs"][0]["chosen"].endswith("The answer is 12.") and full["pairs"][0]["prompt"] == q["prompt"]
     )
     capped = [
-        rank_all({"q": q}, rows, RankConfig(max_pairs_per_question=3, pair_seed=s))["pairs"]
+        rank_all({"q": q}, rows, RankConfig(max_pairs_per_question=3, pair_seed=s, pairs="all"))["pairs"]
         for s in (0, 0, 1)
     ]
     ids = [[(p["chosen_id"], p["rejected_id"]) for p in c] for c in capped]
     assert len(ids[0]) == 3 and set(ids[0]) <= pairs and ids[0] == ids[1]
     stats = compute_stats(
         {"q": q},
-        rank_all({"q": q}, rows, RankConfig(max_pairs_per_question=3)),
-        RankConfig(max_pairs_per_question=3),
+        rank_all({"q": q}, rows, RankConfig(max_pairs_per_question=3, pairs="all")),
+        RankConfig(max_pairs_per_question=3, pairs="all"),
     )
     assert stats["n_pairs"] == 3 and stats["n_pairs_uncapped"] == 8
+
+
+def test_default_pairs_never_separate_free_from_hinted_rationales():
+    q = question(gold="12")
+    rows = [
+        row(1, "free", "6 + 6 = 12. The answer is 12.", "12", "12"),
+        row(2, "gold", "b 12", "12", "12", target="12"),
+        row(3, "gold", "c", "9", "9", target="12"),
+        row(4, "free", "6 + 7 = 13. The answer is 13.", "13", "13"),
+        row(5, "wrong", "e", "7", "7", target="7"),
+        row(6, "free", "6 + 6 = 11 and then", None, None, finish_reason="length"),
+        row(7, "free", "6 + 6 = 12. Yes. The answer is 12.", "12", "12"),
+    ]
+    default = rank_all({"q": q}, rows, RankConfig(max_pairs_per_question=None))["pairs"]
+    kinds = {p["pair_type"] for p in default}
+    assert kinds == {"free>free", "gold>gold", "gold>wrong"}
+    assert {(p["chosen_id"], p["rejected_id"]) for p in default if p["pair_type"] == "free>free"} == {
+        (1, 4), (1, 6), (7, 4), (7, 6)}
+    # Unfinished text (cut off with no answer) is scored without EOS; the rest as finished.
+    cut = [p for p in default if p["rejected_id"] == 6]
+    assert cut and all(not p["rejected_finished"] and p["chosen_finished"] for p in cut)
+    free = rank_all({"q": q}, rows, RankConfig(max_pairs_per_question=None, pairs="free"))["pairs"]
+    assert {p["pair_type"] for p in free} == {"free>free"}
+    # Under a cap, free-vs-free pairs are kept first.
+    capped = rank_all({"q": q}, rows, RankConfig(max_pairs_per_question=4))["pairs"]
+    assert [p["pair_type"] for p in capped] == ["free>free"] * 4
+    with pytest.raises(ValueError, match="pairs must be one of"):
+        RankConfig(pairs="some")
 
 
 def test_tier_rules_override_and_sft_set():

@@ -39,7 +39,7 @@ def write_legs_pairs(path, n=200, flip=False, seed=0):
 
 def config(tiny_dir, tmp_path, **kw):
     values = dict(model=tiny_dir, train_file=write_legs_pairs(tmp_path / "pairs.jsonl"), out=str(tmp_path / "out"),
-                  method="full", learning_rate=2e-3, epochs=6, batch_size=8, val_fraction=0.2, save_steps=0,
+                  method="full", learning_rate=4e-3, epochs=6, batch_size=8, val_fraction=0.2, save_steps=0,
                   progress=False, early_stopping_patience=0, warmup_ratio=0.0)
     values.update(kw)
     return RewardConfig(**values)
@@ -87,10 +87,19 @@ def test_score_is_read_at_the_last_token_whatever_the_padding(tiny_dir):
         alone = reward_scores(model, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long))
         batch = collate_groups([{"seqs": [long, short], "tiers": [0, 0], "pairs": []}], tok.pad_token_id)
         both = reward_scores(model, batch["input_ids"], batch["attention_mask"])
-        # a trailing pad/EOS token is stripped, so it cannot move the score position
-        with_eos = score_texts(model, tok, ["Q: hi\nA:"], [" ok." + tok.pad_token])
+        # a trailing pad/EOS in the text is stripped; a finished response then gets exactly one EOS, where
+        # its score is read, and one cut off at the token limit none
+        cut = score_texts(model, tok, ["Q: hi\nA:"], [" ok." + tok.pad_token], finished=[False])
+        ended = score_texts(model, tok, ["Q: hi\nA:"], [" ok." + tok.eos_token])
+        eos = short + [tok.eos_token_id]
+        at_eos = reward_scores(model, torch.tensor([eos]), torch.ones(1, len(eos), dtype=torch.long))
+        # EOS as the pad token (as many tokenizers pad): still scored at the EOS, by the attention mask
+        padded = collate_groups([{"seqs": [long, eos], "tiers": [0, 0], "pairs": []}], tok.eos_token_id)
+        eos_pad = reward_scores(model, padded["input_ids"], padded["attention_mask"])
     assert torch.allclose(alone[0], both[1], atol=1e-5)
-    assert with_eos[0] == pytest.approx(alone[0].item(), abs=1e-5)
+    assert cut[0] == pytest.approx(alone[0].item(), abs=1e-5)
+    assert ended[0] == pytest.approx(at_eos[0].item(), abs=1e-5) and abs(ended[0] - cut[0]) > 1e-4
+    assert torch.allclose(eos_pad[1], at_eos[0], atol=1e-5)
 
 
 def test_pairwise_loss_margin_and_question_weighting():
@@ -198,7 +207,7 @@ def test_bad_pair_input(tiny_dir, tmp_path):
     long.write_text(json.dumps(row("a", "x" * 100, "y")) + "\n")
     with pytest.raises(ValueError, match="every pair .* was dropped"):
         run_reward(config(tiny_dir, tmp_path, train_file=str(long), max_length=50))
-    with pytest.raises(ValueError, match="a response is 102 tokens"):
+    with pytest.raises(ValueError, match="a response is 103 tokens"):
         run_reward(config(tiny_dir, tmp_path, train_file=str(long), max_length=50, too_long="error"))
 
 
@@ -313,3 +322,31 @@ def test_reward_stage_reports_best_of_n_with_the_real_generator(tiny_dir, tmp_pa
     rows = [json.loads(line) for line in (tmp_path / "out" / "best_of_n" / "rerank.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(len(r["samples"]) == 2 and len(r["scores"]) == 2 for r in rows)
     assert json.loads((tmp_path / "out" / "run.json").read_text())["metrics"]["best_of_n"] == bon
+
+
+def test_reward_model_scores_a_cut_off_copy_below_the_finished_rationale(tiny_dir, tmp_path):
+    """Training pairs mark unfinished text (scored without EOS); after training, the reward model prefers a
+    rationale that ended to the same text cut off at the token limit, on questions it never saw."""
+    rng = random.Random(0)
+    path = tmp_path / "cut.jsonl"
+    with open(path, "w") as fh:
+        for i in range(120):
+            animal = list(LEGS)[i % len(LEGS)]
+            text = f" A {animal} has {LEGS[animal]} legs, so the answer is {LEGS[animal]}."
+            cut = text[: rng.randint(8, len(text) - 6)]
+            fh.write(json.dumps({**row(f"q{i}", text, cut, prompt=f"Q{i}: legs of a {animal}?\nA:"),
+                                 "chosen_finished": True, "rejected_finished": False}) + "\n")
+    metrics = run_reward(config(tiny_dir, tmp_path, train_file=str(path), epochs=3))
+    model, tok = load_reward_model(tmp_path / "out" / "model")
+    prompts, finished_texts, cut_texts = [], [], []
+    for i, animal in enumerate(["cat", "horse", "crab", "fish"]):
+        text = f" The {animal} walks, so the answer is {i + 3}."
+        prompts.append(f"Q{1000 + i}: legs of a {animal}?\nA:")
+        finished_texts.append(text)
+        cut_texts.append(text[: len(text) // 2])
+    ended = score_texts(model, tok, prompts, finished_texts)
+    same_text_cut = score_texts(model, tok, prompts, finished_texts, finished=[False] * 4)
+    half = score_texts(model, tok, prompts, cut_texts, finished=[False] * 4)
+    assert metrics["heldout"]["pairwise_accuracy"] > 0.9
+    assert all(e > c for e, c in zip(ended, same_text_cut)), (ended, same_text_cut)
+    assert all(e > c for e, c in zip(ended, half)), (ended, half)

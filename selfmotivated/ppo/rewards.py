@@ -9,8 +9,8 @@ a fixed function and the real run plugs the reward model from `sml reward`:
 - separate: anything else (a full reward model, or one trained on another backbone) is loaded on its
   own with `reward.load_reward_model` and scored with `reward.score_texts`.
 
-Both read the score at the last token of `prompt ids + tokens of the response text`, exactly as
-`reward.score_texts` does, so PPO optimises the same number the reward model was trained and
+Both read the score at the last token of `prompt ids + tokens of the response text (+ EOS when the response
+ended rather than ran into the token limit)`, exactly as `reward.score_texts` does, so PPO optimises the same number the reward model was trained and
 evaluated on.
 
 `sequence_scores` assembles the score PPO maximises: the reward model's (reward "rm", the method), the
@@ -98,14 +98,18 @@ class SharedRewardModel:
         config, lora, head = reward_adapter_parts(folder)
         return cls(ac, tokenizer, config, head, lora, batch_size, source=f"reward model {folder}")
 
+    takes_finished = True  # the trainer passes which responses ended (scored at EOS) and which were cut off
+
     @torch.no_grad()
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str],
+                 finished: Sequence[bool] | None = None) -> torch.Tensor:
         from ..reward import encode_scored
 
         pad = self.tokenizer.pad_token_id
+        finished = list(finished) if finished is not None else [True] * len(responses)
         seqs = [
-            encode_scored(self.tokenizer, self.tokenizer(p, add_special_tokens=False)["input_ids"], r)
-            for p, r in zip(prompts, responses, strict=True)
+            encode_scored(self.tokenizer, self.tokenizer(p, add_special_tokens=False)["input_ids"], r, f)
+            for p, r, f in zip(prompts, responses, finished, strict=True)
         ]
         device = self.head.linear.weight.device
         scores = []
@@ -132,12 +136,14 @@ class SeparateRewardModel:
         self.model, self.tokenizer = load_reward_model(folder, device=device, dtype=dtype)
         self.batch_size = batch_size
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+    takes_finished = True
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str],
+                 finished: Sequence[bool] | None = None) -> torch.Tensor:
         from ..reward import score_texts
 
-        return torch.tensor(
-            score_texts(self.model, self.tokenizer, prompts, responses, batch_size=self.batch_size)
-        )
+        return torch.tensor(score_texts(self.model, self.tokenizer, prompts, responses,
+                                        batch_size=self.batch_size, finished=finished))
 
 
 def check_rollouts(responses: Sequence[str], examples: Sequence) -> tuple[torch.Tensor, torch.Tensor]:

@@ -258,7 +258,9 @@ class PPOTrainer:
         truncated = torch.tensor([float(r.finish_reason == "length") for r in rollouts])  # (B,)
         rm_scores = None
         if config.reward in ("rm", "rm+checker"):
-            rm_scores = self.reward_fn([r.prompt for r in rollouts], responses).float().cpu()  # (B,)
+            kwargs = {"finished": [r.finish_reason != "length" for r in rollouts]} \
+                if getattr(self.reward_fn, "takes_finished", False) else {}
+            rm_scores = self.reward_fn([r.prompt for r in rollouts], responses, **kwargs).float().cpu()  # (B,)
         scores = sequence_scores(config, rm_scores, correct, no_answer, truncated)  # (B,)
         answer_stats = {"rollout/correct_frac": correct.mean().item(),
                         "rollout/no_answer_frac": no_answer.mean().item()}

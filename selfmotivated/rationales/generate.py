@@ -121,7 +121,9 @@ class GenerateConfig:
         default=None, metadata={"help": "JSON file overriding our prompt templates"}
     )
     # how many of each kind
-    n_free: int = field(default=4, metadata={"help": "free (unhinted) chain-of-thought samples per question"})
+    n_free: int = field(default=8, metadata={
+        "help": "free (unhinted) chain-of-thought samples per question: the population PPO samples and the "
+                "reward model must rank"})
     n_gold: int = field(default=2, metadata={"help": "rationalisations of the gold answer per question"})
     n_wrong: int = field(default=2, metadata={"help": "rationalisations per wrong answer"})
     wrong_targets: int = field(default=1, metadata={"help": "wrong answers rationalised per question"})

@@ -11,7 +11,7 @@ Each rationale gets an OUTCOME from its kind and the answers the checks found, a
 | free  | no_answer      | states no answer (often cut off at max_new_tokens)                   | 1    |
 | gold  | consistent     | states the gold and forcing (when run) reaches the gold              | 3    |
 | gold  | inconsistent   | states another answer, or forcing does not reach the gold            | 2    |
-| gold  | no_answer      | states no answer (a gold-hinted rationale that is not consistent)    | 2    |
+| gold  | no_answer      | states no answer (unfinished text is tier 1, hinted or not)          | 1    |
 | wrong | consistent     | states the wrong target and forcing (when run) reaches it            | 1    |
 | wrong | inconsistent   | reaches neither the target nor the gold                              | 1    |
 | wrong | no_answer      | states no answer, and forcing does not reach the gold                | 1    |
@@ -26,8 +26,10 @@ This is METHOD.md's default (3: free correct and gold-hinted consistent; 2: gold
 1: free wrong and wrong-hinted) with three decisions of ours:
 - free/unsupported is 2, not 3: a free rationale whose own reasoning, forced, does not reach the gold
   it states is right by luck, the same failure as an inconsistent gold-hinted rationale.
-- free/no_answer is 1: a rationale that never reaches an answer fails the task; ranking it below
-  correct ones teaches the reward model to prefer finished reasoning, which small models lack.
+- free/no_answer and gold/no_answer are 1: a rationale that never reaches an answer fails the task,
+  hinted or not (one rule for unfinished text; with gold/no_answer at 2, "was written under a hint"
+  alone separated unfinished texts); ranking it below correct ones teaches the reward model to prefer
+  finished reasoning, which small models lack.
 - wrong/reaches_gold is left out: it was written to argue for a wrong answer, yet its words or its
   forced continuation land on the gold. Neither a trustworthy negative (its reasoning may be right)
   nor a positive (it was steered by a wrong hint): an ambiguous label is worse than no label.
@@ -35,8 +37,12 @@ Rules are configurable: RankConfig.tier_rules overrides entries ("free/unsupport
 
 After tiers: leaked rationales are dropped (filter_leaks), then near-duplicates within a question
 (same text after lowercasing, collapsing whitespace and dropping punctuation) count once, keeping
-the highest-tier copy. Pairs are every (higher tier, lower tier) pair of a question, ties excluded,
-capped per question by a seeded subsample. The SFT set is the top tier (the highest tier in the rules).
+the highest-tier copy. Pairs are every (higher tier, lower tier) pair of a question, ties excluded, and by
+default only between rationales made the same way (`pairs: same_source`: free with free, hinted with
+hinted), so that how a rationale was generated cannot separate a pair: PPO's rollouts are all free samples,
+and a reward model that learned "written under a hint" would score them all alike. Pairs are capped per
+question by a seeded subsample that keeps free-vs-free pairs first. The SFT set is the top tier (the
+highest tier in the rules).
 """
 
 from __future__ import annotations
@@ -65,13 +71,38 @@ DEFAULT_TIERS: dict[str, int | None] = {
     "free/no_answer": 1,
     "gold/consistent": 3,
     "gold/inconsistent": 2,
-    "gold/no_answer": 2,
+    "gold/no_answer": 1,
     "wrong/consistent": 1,
     "wrong/inconsistent": 1,
     "wrong/no_answer": 1,
     "wrong/reaches_gold": None,
 }
 _EXCLUDE_WORDS = ("none", "null", "drop", "exclude", "")
+PAIR_MODES = ("same_source", "free", "all")
+
+
+def source(kind: str) -> str:
+    """How a rationale was made, as a pair sees it: free (unhinted, what PPO samples) or hinted."""
+    return "free" if kind == "free" else "hinted"
+
+
+def pair_allowed(hi: dict, lo: dict, mode: str) -> bool:
+    if mode == "all":
+        return True
+    if mode == "free":
+        return hi["kind"] == lo["kind"] == "free"
+    return source(hi["kind"]) == source(lo["kind"])
+
+
+def pair_type(hi: dict, lo: dict) -> str:
+    """'free>free', 'gold>wrong', 'gold>free', ...: the kinds of a pair's better and worse rationale."""
+    return f"{hi['kind']}>{lo['kind']}"
+
+
+def is_finished(row: dict) -> bool:
+    """Whether a rationale, as the reward model sees it, ended: one that states an answer is rendered ending
+    at its answer line; one with no answer ended only when it was not cut off at the token limit."""
+    return row.get("answer") is not None or row.get("finish_reason") != "length"
 
 
 @dataclass
@@ -109,6 +140,14 @@ class RankConfig:
         metadata={"help": "at most this many pairs per question (a seeded subsample); empty for all"},
     )
     pair_seed: int = field(default=0, metadata={"help": "seed of the per-question pair subsample"})
+    pairs: str = field(
+        default="same_source",
+        metadata={
+            "help": "which rationales may form a pair: same_source (free with free, hinted with hinted), "
+            "free (free samples only: the population PPO scores) or all (any two tiers, the paper's rank)",
+            "choices": ["same_source", "free", "all"],
+        },
+    )
     sft_max_per_question: int | None = field(
         default=None,
         metadata={
@@ -133,6 +172,8 @@ class RankConfig:
 
     def __post_init__(self):
         self.tiers = parse_tier_rules(self.tier_rules)  # raises on a bad rule
+        if self.pairs not in PAIR_MODES:
+            raise ValueError(f"pairs must be one of {PAIR_MODES}, got {self.pairs!r}")
         if self.sft_min_body_words < 0:
             raise ValueError(f"sft_min_body_words must be >= 0, got {self.sft_min_body_words}")
         if self.max_pairs_per_question is not None and self.max_pairs_per_question < 0:
@@ -308,13 +349,18 @@ def rank_question(question: dict, rows: list[dict], config: RankConfig) -> dict:
 
 def question_pairs(question: dict, ranked: list[dict], config: RankConfig) -> tuple[list[dict], int]:
     """(pairs after the cap, number before the cap) for one question's ranked rationales."""
-    pairs = [(hi, lo) for hi in ranked for lo in ranked if hi["tier"] > lo["tier"]]
+    pairs = [(hi, lo) for hi in ranked for lo in ranked
+             if hi["tier"] > lo["tier"] and pair_allowed(hi, lo, config.pairs)]
     n_all = len(pairs)
     cap = config.max_pairs_per_question
     if cap is not None and n_all > cap:
+        # Free-vs-free pairs first (what PPO's rollouts are), then a seeded subsample of each group.
         rng = random.Random(stable_seed("pairs", config.pair_seed, question["id"]))
-        keep = sorted(rng.sample(range(n_all), cap))
-        pairs = [pairs[i] for i in keep]
+        free = [i for i, (hi, lo) in enumerate(pairs) if hi["kind"] == lo["kind"] == "free"]
+        rest = [i for i in range(n_all) if i not in set(free)]
+        keep = rng.sample(free, min(cap, len(free)))
+        keep += rng.sample(rest, min(cap - len(keep), len(rest)))
+        pairs = [pairs[i] for i in sorted(keep)]
     return [pair_record(question, hi, lo) for hi, lo in pairs], n_all
 
 
@@ -340,6 +386,9 @@ def pair_record(question: dict, chosen: dict, rejected: dict) -> dict:
         "rejected_kind": rejected["kind"],
         "chosen_id": chosen["rid"],
         "rejected_id": rejected["rid"],
+        "pair_type": pair_type(chosen, rejected),
+        "chosen_finished": is_finished(chosen),
+        "rejected_finished": is_finished(rejected),
     }
 
 
