@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from .config import add_config_args, config_from_args, load_yaml
+from .config import KeyValues, add_config_args, config_from_args, load_yaml
 
 
 def _yaml_section(args, section: str | None = None) -> dict:
@@ -79,6 +79,41 @@ def _add_eval(sub):
 
     _add_data_stage(sub, "eval", "accuracy of a model on a dataset split (chain-of-thought, greedy)",
                     EvalConfig, "test", _run_eval)
+
+
+def _add_calibrate(sub):
+    from .calibrate import CalibrateConfig
+
+    _add_data_stage(sub, "calibrate", "greedy accuracy and pass@k of a task at several difficulty settings; picks "
+                    "the setting to train on", CalibrateConfig, "train", _run_calibrate)
+
+
+def _run_calibrate(args):
+    from .calibrate import format_summary, run_calibrate
+
+    _print(run_calibrate(_data_stage_config(args)), args.json, format_summary)
+
+
+def _add_compare(sub):
+    p = sub.add_parser("compare", help="paired difference, bootstrap 95%% interval and McNemar p of models "
+                                       "evaluated on the same questions")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="a run folder (every pair of its model rows), or two "
+                                                          "evaluation folders (predictions.jsonl) or two run folders")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args):
+    from .stats import compare_all, compare_eval_dirs, format_comparisons
+
+    if len(args.dirs) > 2:
+        raise ValueError("compare takes one run folder or two folders")
+    result = compare_all(args.dirs[0]) if len(args.dirs) == 1 else compare_eval_dirs(*args.dirs)
+    if not result:
+        raise ValueError(f"{args.dirs[0]}: no two model rows with per-question results on the same dataset")
+    flat = all("diff" in v for v in result.values())
+    _print(result, args.json, lambda r: format_comparisons(r) if flat else "\n".join(
+        f"{dataset}:\n{format_comparisons(pairs)}" for dataset, pairs in r.items()))
 
 
 def _add_generate(sub):
@@ -276,6 +311,8 @@ def _add_data(sub):
     sp = dsub.add_parser("show", help="counts per split, answer type and a few examples of one dataset")
     sp.add_argument("name", help="a dataset key (see `sml data list`) or a path to a JSONL/CSV/HF dataset")
     sp.add_argument("--data-dir", help="folder of the shared datasets (or env SML_DATA_DIR)")
+    sp.add_argument("--task-options", "--task-option", nargs="+", action=KeyValues, default={}, metavar="KEY=VALUE",
+                    help="a generated task's own settings (rg:chain_sum: min_terms=2 ...), repeatable")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=_run_data_show)
 
@@ -295,7 +332,7 @@ def _run_data_list(args):
 def _run_data_show(args):
     from .data import describe_dataset, format_description
 
-    desc = describe_dataset(args.name, data_dir=args.data_dir)
+    desc = describe_dataset(args.name, data_dir=args.data_dir, task_options=args.task_options)
     _print(desc, args.json, format_description)
 
 
@@ -385,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_eval, _add_score, _add_data, _add_generate, _add_rationales, _add_training,
-                _add_report, _add_bench, _add_model, _add_review):
+                _add_report, _add_bench, _add_model, _add_review, _add_calibrate, _add_compare):
         add(sub)
     return parser
 

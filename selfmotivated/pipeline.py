@@ -460,6 +460,13 @@ def write_summary(config: PipelineConfig, run: Path, record: dict) -> dict:
                "models": models, "config": dataclasses.asdict(config),
                # Each stage's full settings stay in stages.json; the config above holds what set them.
                "stages": {stage: {k: v for k, v in info.items() if k != "settings"} for stage, info in record.items()}}
+    from .stats import compare_models
+
+    # Every two model rows on the same test questions: difference, paired bootstrap 95% interval, McNemar p.
+    comparisons = {ds: compare_models(run, ds) for ds in config.eval_datasets}
+    summary["comparisons"] = comparisons[config.eval_datasets[0]]
+    if len(comparisons) > 1:
+        summary["comparisons_by_dataset"] = comparisons
     _write_json(run / "summary.json", summary)
     return summary
 

@@ -14,6 +14,7 @@ from .blocks import (
     pct, _published_cells, _published_label, _published_shown, _published_sources,
 )
 from .config import ReportConfig
+from .paired import paired_blocks
 from .plots import accuracy_plot, length_plot, ppo_plot, reward_score_plot
 from .runs import BEST_OF_N, MODELS, Run, _get, _num, _pick_before_after, _why_absent
 from .signals import Signal, failure_signatures, _series, _thresholds
@@ -115,6 +116,7 @@ def _accuracy_section(run: Run, published, config, plot_dir) -> list:
     else:
         blocks.append(Para("No published figures for these datasets (published.json covers the 12 Reasoning "
                            "Teachers datasets).", "note"))
+    blocks += paired_blocks(run)
     no_answer = [[MODELS.get(k, k)] + [_no_answer(run.accuracy.get(k, {}).get(d)) for d in datasets]
                  for k in _model_keys(run) if run.accuracy.get(k)]
     if any(c != "n/a" for row in no_answer for c in row[1:]):
