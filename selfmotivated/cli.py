@@ -315,6 +315,14 @@ def _add_data(sub):
                     help="a generated task's own settings (rg:chain_sum: min_terms=2 ...), repeatable")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=_run_data_show)
+    from .data.download import DownloadConfig
+
+    dp = dsub.add_parser("download", help="fetch the 12 built-in datasets, splits and few-shot prompts from their "
+                                          "sources (checked by sha256, resumable)")
+    dp.add_argument("names", nargs="*", default=["all"], help="dataset keys, or all (default)")
+    dp.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_config_args(dp, DownloadConfig)
+    dp.set_defaults(func=_run_data_download)
 
 
 def _run_data_list(args):
@@ -334,6 +342,13 @@ def _run_data_show(args):
 
     desc = describe_dataset(args.name, data_dir=args.data_dir, task_options=args.task_options)
     _print(desc, args.json, format_description)
+
+
+def _run_data_download(args):
+    from .data.download import DownloadConfig, download, format_download
+
+    config = config_from_args(DownloadConfig, args, {"names": args.names}, source="flags")
+    _print(download(config, echo=None if args.json else print), args.json, format_download)
 
 
 # --- bench ------------------------------------------------------------------------------------------------
@@ -385,15 +400,27 @@ def _run_bench(args):
 def _add_model(sub):
     p = sub.add_parser("model", help="prepare and inspect models")
     msub = p.add_subparsers(dest="model_command", required=True)
-    pp = msub.add_parser("prepare", help="fetch/convert a named model into the cache and print its folder")
-    pp.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    pp = msub.add_parser("prepare", help="fetch/convert a named model into the cache and print its folder; "
+                                         "with no name, list the names")
+    pp.add_argument("name", nargs="?", help="a known name (see `sml model list`)")
     pp.set_defaults(func=_run_model_prepare)
+    lp = msub.add_parser("list", help="the model names we know, what each needs, and whether it is prepared")
+    lp.add_argument("--json", action="store_true", help="print one JSON list")
+    lp.set_defaults(func=_run_model_list, json=False)
 
 
 def _run_model_prepare(args):
     from .models import resolve_model
 
+    if not args.name:
+        return _run_model_list(args)
     print(resolve_model(args.name))
+
+
+def _run_model_list(args):
+    from .models import format_model_list, list_models
+
+    _print(list_models(), getattr(args, "json", False), format_model_list)
 
 
 # --- review -----------------------------------------------------------------------------------------------
@@ -420,6 +447,7 @@ def _run_review(args):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sml", description="Self-motivated Learning for language model reasoning")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_eval, _add_score, _add_data, _add_generate, _add_rationales, _add_training,
                 _add_report, _add_bench, _add_model, _add_review, _add_calibrate, _add_compare):
@@ -428,16 +456,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import user_message
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted after the command too: `sml eval ... --debug`
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        if args.verbose:
+    except Exception as err:
+        # Expected failures (errors.user_message) are one line and exit 2; a bug keeps its traceback.
+        message = user_message(err)
+        if message is None or debug or args.verbose:
             raise
-        print(f"sml {args.command}: error: {err}", file=sys.stderr)
+        print(f"sml {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

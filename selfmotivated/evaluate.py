@@ -160,6 +160,13 @@ def run_eval(config: EvalConfig, model=None, tokenizer=None, examples: list[Exam
 
     predictions_path = out / "predictions.jsonl"
     rows = _read_jsonl(predictions_path)
+    missing = next((k for r in rows for k in ("id", "prediction", "correct") if not isinstance(r, dict) or k not in r),
+                   None)
+    if missing:  # resuming would crash on such a row, or count it wrong
+        from .errors import RunFolderError
+
+        raise RunFolderError(f"{predictions_path}: a row has no {missing!r}: these predictions were written by "
+                             "another version of sml; use another --out folder (the file was left as it is)")
     if rows:  # rewrite without a torn last line before appending
         predictions_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     done = {r["id"] for r in rows}

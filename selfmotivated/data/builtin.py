@@ -160,15 +160,21 @@ BUILTINS: dict[str, Builtin] = {
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
-    """The shared data folder: `data_dir` if given, else the environment variable SML_DATA_DIR."""
+    """The shared data folder: `data_dir` if given, else the environment variable SML_DATA_DIR, else the
+    folder `sml data download` fills by default (when it exists)."""
+    from .download import default_download_dir
+
     how = "given as data_dir"
     if data_dir is None or str(data_dir) == "":
         data_dir = os.environ.get(DATA_DIR_ENV) or None
         how = f"from ${DATA_DIR_ENV}"
+    if data_dir is None and default_download_dir().is_dir():
+        data_dir, how = default_download_dir(), "the default folder of `sml data download`"
     if data_dir is None:
         raise DataError(
             f"no data folder given: pass --data-dir PATH (data_dir=...) or set the environment variable "
-            f"{DATA_DIR_ENV}=PATH to the folder holding README.md, splits/ and reasoning/. "
+            f"{DATA_DIR_ENV}=PATH to the folder holding splits/ and reasoning/, or fetch the datasets "
+            f"with `sml data download all` (into {default_download_dir()}, read by default). "
             "Without data files, use a synthetic dataset (synthetic_coin_flip, synthetic_last_letters)."
         )
     path = Path(data_dir).expanduser()
@@ -183,7 +189,9 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
 def _data_file(data_dir: Path, rel: str) -> Path:
     path = data_dir / rel
     if not path.is_file():
-        raise DataError(f"missing data file {rel} in data folder {str(data_dir)!r} (expected {path})")
+        key = rel.split("/")[1] if rel.startswith("reasoning/") else Path(rel).stem if "splits/" in rel else "all"
+        raise DataError(f"missing data file {rel} in data folder {str(data_dir)!r} (expected {path}); "
+                        f"fetch it with `sml data download {key} --to {data_dir}`")
     return path
 
 

@@ -73,6 +73,7 @@ def load_user_splits(config: DataConfig) -> tuple[dict[str, list[Example]], Load
             parts = [(*_read_csv(path, config), path.stem, None, path.stem)]
         elif path.suffix.lower() in (".jsonl", ".json"):
             parts = [(*_read_json_rows(path, config), path.stem, None, path.stem)]
+            _check_fields_exist(parts[0][0], config, source)
         else:
             raise DataError(
                 f"{source}: unsupported file type {path.suffix!r}; use .jsonl, .json, .csv, or a "
@@ -101,6 +102,30 @@ def _get(record: dict, name: str):
             return _MISSING
         value = value[part]
     return value
+
+
+def _field_names(record: dict) -> list[str]:
+    """A record's fields, nested ones as dotted paths one level down ("question.stem")."""
+    names = []
+    for key, value in record.items():
+        names.append(key)
+        if isinstance(value, dict):
+            names += [f"{key}.{sub}" for sub in value]
+    return names
+
+
+def _check_fields_exist(rows: list[tuple], config: DataConfig, source: str) -> None:
+    """A field named in the config that no row has is a wrong name, not a set of bad rows: say so once and
+    list the fields the rows do have (CSV headers and dataset columns are checked where they are read)."""
+    records = [record for record, _, _ in rows if record is not None]
+    if not records:
+        return
+    for flag, name in (("--question-field", config.question_field), ("--answer-field", config.answer_field),
+                       ("--choices-field", config.choices_field), ("--id-field", config.id_field)):
+        if name and all(_get(record, name) is _MISSING for record in records):
+            fields = list(dict.fromkeys(f for record in records[:1000] for f in _field_names(record)))
+            raise DataError(f"{source}: no row has the field {name!r} ({flag}); the rows have the fields: "
+                            f"{', '.join(fields)}")
 
 
 def _read_json_rows(path: Path, config: DataConfig) -> tuple[list[tuple], bool]:
