@@ -410,11 +410,11 @@ def _add_model(sub):
 
 
 def _run_model_prepare(args):
-    from .models import resolve_model
+    from .models import prepare_model
 
     if not args.name:
         return _run_model_list(args)
-    print(resolve_model(args.name))
+    print(prepare_model(args.name))
 
 
 def _run_model_list(args):

@@ -608,3 +608,14 @@ def format_model_list(rows: list[dict]) -> str:
         state = f"prepared in {r['folder']}" if r["prepared"] else f"not prepared yet (`sml model prepare {r['name']}`)"
         lines += [f"{r['name']}: {r['description']}", f"    needs: {r['needs']}", f"    {state}"]
     return "\n".join(lines + [OTHER_MODELS_NOTE])
+
+
+def prepare_model(name: str) -> str:
+    """`sml model prepare NAME`: build a known name into the cache (or check a local folder) and return its
+    folder. Any other name is an error listing the known ones: a hub id needs no preparing here."""
+    from .errors import UserError
+
+    if name not in KNOWN_MODELS and not Path(name).expanduser().exists():
+        raise UserError(f"unknown model name {name!r}: the names we prepare are {', '.join(KNOWN_MODELS)} "
+                        "(`sml model list` says what each needs); a local folder or a hub id needs no preparing")
+    return resolve_model(name)

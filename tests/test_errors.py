@@ -134,6 +134,11 @@ def test_model_prepare_without_a_name_lists_the_names(capsys, tmp_path, monkeypa
     rows = json.loads(out)
     assert code == 0 and [r["name"] for r in rows] == ["smollm2-135m-instruct", "tiny-random"]
     assert all(r["needs"] and r["prepared"] is False for r in rows)
+    code, _, err = run_cli(capsys, "model", "prepare", "smollm3")
+    assert_one_line_error(code, err, "unknown model name 'smollm3'", "smollm2-135m-instruct, tiny-random")
+    code, out, _ = run_cli(capsys, "model", "prepare", "tiny-random")
+    assert code == 0 and out.strip() == str(tmp_path / "cache" / "models" / "tiny-random")
+    assert json.loads(run_cli(capsys, "model", "list", "--json")[1])[1]["prepared"] is True
 
 
 # ----------------------------------------------------------------------------------------------------
