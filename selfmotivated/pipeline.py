@@ -29,13 +29,19 @@ from pathlib import Path
 
 from .config import build_config, load_yaml
 from .data import DataConfig
+from .ppo.gate import RewardModelInvalid
 
 log = logging.getLogger(__name__)
 
-STAGES = ("baseline", "generate", "rank", "sft", "reward", "ppo", "evaluate", "best_of_n")
+STAGES = ("baseline", "generate", "rank", "sft", "reward", "ppo", "ppo_checker", "evaluate", "best_of_n")
 # Stages that only measure a model: no later stage reads their output, so their settings (the test subset,
 # say) stay out of the fingerprint chain, and evaluating on more questions retrains nothing.
 MEASURE_STAGES = ("baseline", "evaluate", "best_of_n")
+# Control stages train a model beside SML from the same SFT start, to say what helped: their fingerprints
+# chain from the SFT stage only, and no later training stage reads them.
+CONTROL_STAGES = ("ppo_checker",)
+CONTROLS = {"ppo_checker": "PPO against our answer checker on the training questions' gold answers (the "
+                           "verifiable-reward control; same SFT start and rollout budget as SML)"}
 SECTIONS = ("data", "eval", "generate", "rank", "sft", "reward", "ppo", "rerank")
 
 
@@ -55,6 +61,8 @@ class PipelineConfig:
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
     templates: str | None = field(default=None, metadata={
         "help": "JSON file overriding our prompt templates, for every stage that builds prompts"})
+    controls: tuple[str, ...] = field(default=(), metadata={
+        "help": "control models trained and evaluated beside SML: " + "; ".join(f"{k}: {v}" for k, v in CONTROLS.items())})
     rounds: int = field(default=1, metadata={
         "help": "rounds of the method: round r > 1 regenerates rationales with round r-1's SML model, then "
                 "runs rank, SFT (from that model), reward model, PPO and evaluation again in RUN/round-<r>"})
@@ -71,6 +79,10 @@ class PipelineConfig:
 
     def __post_init__(self):
         self.eval_datasets = tuple(self.eval_datasets) or (self.dataset,)
+        self.controls = tuple(self.controls)
+        unknown = [c for c in self.controls if c not in CONTROLS]
+        if unknown:
+            raise ValueError(f"controls: unknown {unknown}; known: {', '.join(CONTROLS)}")
         if self.best_of_n < 0:
             raise ValueError(f"best_of_n must be >= 0, got {self.best_of_n}")
         if self.rounds < 1:
@@ -147,23 +159,32 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
     elif stage == "reward":
         from .reward import RewardConfig
 
-        yield "reward", _section(config, "reward", RewardConfig, {"model": str(run / "sft" / "model"),
-                                                                  "run_dir": str(run / "ranked"),
-                                                                  "out": str(run / "reward"),
-                                                                  "seed": config.seed})
+        ppo = ppo_config(config, run)
+        base = {"model": str(run / "sft" / "model"), "run_dir": str(run / "ranked"), "out": str(run / "reward"),
+                "seed": config.seed}
+        if config.train_limit is not None:
+            # The validity report samples the policy PPO starts from, as PPO will, on training questions that
+            # neither the rationales nor PPO use (those after train_limit; PPO's held-out evaluation reads
+            # the same ones, never the test split).
+            base.update({"validity_dataset": config.dataset, "validity_offset": config.train_limit,
+                         "validity_temperature": ppo.temperature, "validity_max_new_tokens": ppo.max_new_tokens,
+                         "validity_templates": config.templates, "data_dir": config.data_dir,
+                         "validity_data": {k: v for k, v in config.data.items()
+                                           if k not in ("dataset", "split", "limit", "data_dir")}})
+        yield "reward", _section(config, "reward", RewardConfig, base)
     elif stage == "ppo":
-        from .ppo.config import PPOConfig
-
-        cfg = _section(config, "ppo", PPOConfig, {"run_dir": str(run), "sft_model": str(run / "sft" / "model"),
-                                                  "reward_model": str(run / "reward" / "model"),
-                                                  "out": str(run / "ppo"), "seed": config.seed,
-                                                  "templates": config.templates})
-        cfg.data = _data(config, config.dataset, "train", config.train_limit)
-        yield "ppo", cfg
+        yield "ppo", ppo_config(config, run)
+    elif stage == "ppo_checker":
+        if "ppo_checker" in config.controls:
+            cfg = ppo_config(config, run)
+            cfg.reward, cfg.out, cfg.reward_model = "checker", str(run / "ppo_checker"), None
+            yield "ppo_checker", cfg
     elif stage == "evaluate":
         for ds in config.eval_datasets:
             yield f"sft/{ds}", eval_config(str(run / "sft" / "model"), "sft", ds)
             yield f"sml/{ds}", eval_config(str(policy_dir(run)), "sml", ds)
+            if "ppo_checker" in config.controls:
+                yield f"ppo_checker/{ds}", eval_config(str(run / "ppo_checker" / "policy"), "ppo_checker", ds)
     elif stage == "best_of_n":
         if config.best_of_n:
             from .reward import RerankConfig
@@ -177,6 +198,21 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
                 yield f"sml_best_of_n/{ds}", cfg
     else:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+
+
+def ppo_config(config: PipelineConfig, run: Path):
+    """SML's PPO settings: our wiring, then the user's `ppo:` section. PPO samples as many new tokens as the
+    final evaluation unless told otherwise, so checkpoint choice and the guard judge what the test measures."""
+    from .evaluate import EvalConfig
+    from .ppo.config import PPOConfig
+
+    eval_tokens = config.eval.get("max_new_tokens", EvalConfig.__dataclass_fields__["max_new_tokens"].default)
+    cfg = _section(config, "ppo", PPOConfig, {"run_dir": str(run), "sft_model": str(run / "sft" / "model"),
+                                              "reward_model": str(run / "reward" / "model"),
+                                              "out": str(run / "ppo"), "seed": config.seed,
+                                              "templates": config.templates, "max_new_tokens": eval_tokens})
+    cfg.data = _data(config, config.dataset, "train", config.train_limit)
+    return cfg
 
 
 def policy_dir(run: Path) -> Path:
@@ -194,7 +230,7 @@ def stage_settings(configs: list[tuple[str, object]], run: Path) -> list:
             return "RUN" + value[len(str(run)):]
         if isinstance(value, dict):
             # Prompt templates count by content: editing the file (or a new version of ours) reruns.
-            return {k: templates_digest(v) if k == "templates" else relative(v)
+            return {k: templates_digest(v) if k == "templates" or k.endswith("_templates") else relative(v)
                     for k, v in value.items() if k not in ("progress",)}
         if isinstance(value, (list, tuple)):
             return [relative(v) for v in value]
@@ -225,7 +261,7 @@ def changed_settings(before: list, after: list) -> list[str]:
 def _stage_outputs(run: Path, stage: str, configs) -> list[Path]:
     if stage == "generate":
         return [run / "rationales.sqlite", run / "rationales.sqlite-wal", run / "rationales.sqlite-shm"]
-    if stage in ("sft", "reward", "ppo"):
+    if stage in ("sft", "reward", "ppo", "ppo_checker"):
         return [run / stage]
     if stage == "rank":
         return [run / "ranked"]
@@ -292,7 +328,7 @@ def _run_one(stage: str, label: str, cfg, run: Path) -> dict:
         from .reward import run_reward
 
         return run_reward(cfg)
-    if stage == "ppo":
+    if stage in ("ppo", "ppo_checker"):
         from .ppo.trainer import run_ppo
 
         return run_ppo(cfg)
@@ -357,12 +393,20 @@ def round_plan(config: PipelineConfig, run: Path, round_: int, upstream: str) ->
     run) for one round, chained from `upstream` (the fingerprint of the last stage before this round; "" for
     round 1). `config` is the round's own."""
     plan = {}
+    controls = []
     for stage in STAGES:
         configs = list(stage_configs(config, round_dir(run, round_), stage, round_))
         settings = stage_settings(configs, run)
-        fingerprint = _fingerprint(stage, settings, upstream)
+        if stage in CONTROL_STAGES:  # from the SFT model only: SML's reward model and PPO do not touch them
+            fingerprint = _fingerprint(stage, settings, plan["sft"][1])
+            if configs:
+                controls.append(fingerprint)
+        elif stage in MEASURE_STAGES and controls:  # measures every model, the controls' too
+            fingerprint = _fingerprint(stage, settings, upstream + "".join(controls))
+        else:
+            fingerprint = _fingerprint(stage, settings, upstream)
         plan[stage] = (configs, fingerprint, settings if configs else None)
-        if stage not in MEASURE_STAGES:
+        if stage not in MEASURE_STAGES and stage not in CONTROL_STAGES:
             upstream = fingerprint
     return plan
 
@@ -378,7 +422,7 @@ def stage_action(before: dict, fingerprint: str, forced: bool, settings: list | 
     or "rerun (...)" naming the settings that changed. A rerun moves the old outputs to RUN/stale first."""
     if settings is None:
         return "skipped"
-    if before.get("status") == "done" and before.get("fingerprint") == fingerprint and not forced:
+    if before.get("status") in ("done", "refused") and before.get("fingerprint") == fingerprint and not forced:
         return "done"
     if forced and before:
         return "rerun (--from)"
@@ -444,7 +488,17 @@ def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upst
                          "settings": settings}
         _write_json(record_path, record)
         start = time.perf_counter()
-        results = {label: _run_one(stage, label, cfg, where) for label, cfg in configs}
+        refused = record.get("ppo", {}).get("status") == "refused"
+        try:
+            results = {label: _run_one(stage, label, cfg, where) for label, cfg in configs
+                       if not (refused and stage in MEASURE_STAGES and label.startswith("sml"))}
+        except RewardModelInvalid as err:  # PPO's gate: record why, evaluate the models that exist
+            log.warning("%s: refused: %s", stage, err)
+            record[stage] = {"status": "refused", "fingerprint": fingerprint, "reason": str(err),
+                             "validity": {k: v for k, v in err.report.items() if k != "settings"},
+                             "settings": settings}
+            _write_json(record_path, record)
+            continue
         record[stage] = {"status": "done", "fingerprint": fingerprint,
                          "seconds": round(time.perf_counter() - start, 1), "settings": settings}
         _write_json(record_path, record)
@@ -456,7 +510,7 @@ def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upst
 def write_summary(config: PipelineConfig, run: Path, record: dict) -> dict:
     """RUN/summary.json: per evaluated model and dataset, n, accuracy and ci95."""
     models: dict[str, dict] = {}
-    for key in ("base", "base_few_shot", "sft", "sml"):
+    for key in ("base", "base_few_shot", "sft", "sml", *config.controls):
         for ds in config.eval_datasets:
             metrics = _read_json(run / "eval" / key / ds / "metrics.json")
             if metrics:
@@ -476,6 +530,14 @@ def write_summary(config: PipelineConfig, run: Path, record: dict) -> dict:
                "models": models, "config": dataclasses.asdict(config),
                # Each stage's full settings stay in stages.json; the config above holds what set them.
                "stages": {stage: {k: v for k, v in info.items() if k != "settings"} for stage, info in record.items()}}
+    validity = _read_json(run / "reward" / "validity.json")
+    if validity:
+        summary["reward_validity"] = {k: validity.get(k) for k in (
+            "auroc", "n", "n_correct", "n_questions", "within_question_auroc", "n_questions_with_both",
+            "by_pair_type", "provenance_baseline_accuracy", "pairwise_accuracy")}
+    refused = {stage: info["reason"] for stage, info in record.items() if info.get("status") == "refused"}
+    if refused:
+        summary["refused"] = refused  # why a model row (sml) is missing
     from .stats import compare_models
 
     # Every two model rows on the same test questions: difference, paired bootstrap 95% interval, McNemar p.
@@ -493,9 +555,13 @@ SMOKE = {
     "eval": {"max_new_tokens": 8, "batch_size": 4},
     "generate": {"n_free": 2, "n_gold": 1, "n_wrong": 1, "max_new_tokens": 12},
     "sft": {"max_steps": 2, "batch_size": 2, "save_steps": 0, "eval_steps": 0},
-    "reward": {"max_steps": 2, "batch_size": 2, "save_steps": 0, "eval_steps": 0},
+    "reward": {"max_steps": 2, "batch_size": 2, "save_steps": 0, "eval_steps": 0, "validity_questions": 3,
+               "validity_samples": 2},
+    # A random reward model tracks nothing: the gate would (rightly) refuse PPO, and the smoke run must
+    # still exercise it.
     "ppo": {"iterations": 2, "prompts_per_iteration": 2, "samples_per_prompt": 2, "max_new_tokens": 8,
-            "mini_batch_size": 4, "micro_batch_size": 2, "eval_steps": 0, "save_steps": 1, "tensorboard": False},
+            "mini_batch_size": 4, "micro_batch_size": 2, "eval_steps": 0, "save_steps": 1, "tensorboard": False,
+            "min_reward_auroc": 0.0},
     "rerank": {"max_new_tokens": 8},
     # A random model never reaches the gold: let gold-hinted rationales count as top tier so SFT has data,
     # however short their 12 tokens of reasoning are.

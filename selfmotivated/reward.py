@@ -57,6 +57,7 @@ from .training import (
 log = logging.getLogger(__name__)
 
 PAIR_KEYS = ("question_id", "prompt", "chosen", "rejected", "chosen_tier", "rejected_tier")
+PROVENANCE = {"gold": 2, "free": 1, "wrong": 0}  # the provenance-only baseline's scores
 DEFAULT_LR = {"full": 1e-5, "lora": 1e-4}
 REWARD_META = "reward_model.json"
 
@@ -84,9 +85,28 @@ class RewardConfig(TrainConfig):
     bon_temperature: float = field(default=0.7, metadata={"help": "sampling temperature of the best-of-N samples"})
     bon_max_new_tokens: int = field(default=256, metadata={"help": "new tokens per best-of-N sample"})
     data_dir: str | None = field(default=None, metadata={"help": "folder of the shared datasets (best-of-N)"})
+    # -- the validity report (validity.py): the reward model on fresh free samples of held-out training questions
+    validity_dataset: str | None = field(default=None, metadata={
+        "help": "dataset whose training questions the validity report samples (empty: no report)"})
+    validity_offset: int = field(default=0, metadata={
+        "help": "skip this many training questions first (those the rationales and PPO use)"})
+    validity_questions: int = field(default=50, metadata={"help": "held-out training questions sampled (0: no report)"})
+    validity_samples: int = field(default=4, metadata={"help": "fresh samples per question"})
+    validity_temperature: float = field(default=1.0, metadata={"help": "their temperature (PPO's)"})
+    validity_max_new_tokens: int = field(default=256, metadata={"help": "their token limit (PPO's)"})
+    validity_templates: str | None = field(default=None, metadata={"help": "prompt templates file (PPO's)"})
+    validity_policy: str | None = field(default=None, metadata={
+        "help": "the model that samples (default: the model the reward model starts from, the SFT model)"})
+    validity_data: dict = field(default_factory=dict, metadata={
+        "cli": False, "help": "further DataConfig keys of the validity dataset (task_options, n_train, ...)"})
 
     def __post_init__(self):
         self.check()
+        for name in ("validity_offset", "validity_questions", "validity_samples", "validity_max_new_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.validity_temperature <= 0:
+            raise ValueError(f"validity_temperature must be > 0 (fresh samples), got {self.validity_temperature}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.bon_n < 0:
@@ -111,6 +131,7 @@ class QuestionGroup:
     tiers: list[int]
     pairs: list[tuple[int, int]]  # indices into responses
     finished: list[bool] = field(default_factory=list)  # per response: ended (scored at an EOS token)
+    kinds: list[str] = field(default_factory=list)  # per response: free, gold, wrong ("?" when not given)
 
 
 def load_pair_rows(config: RewardConfig) -> list[dict]:
@@ -152,14 +173,16 @@ def group_pairs(rows: Sequence[dict]) -> list[QuestionGroup]:
             raise ValueError(f"{where}: question {qid!r} appears with two different prompts")
         ids = []
         # A pair file without the flags holds finished texts (a user's chosen/rejected answers).
-        for text, tier, done in ((row["chosen"], better, bool(row.get("chosen_finished", True))),
-                                 (row["rejected"], worse, bool(row.get("rejected_finished", True)))):
+        for text, tier, done, kind in (
+                (row["chosen"], better, bool(row.get("chosen_finished", True)), row.get("chosen_kind", "?")),
+                (row["rejected"], worse, bool(row.get("rejected_finished", True)), row.get("rejected_kind", "?"))):
             j = index[qid].get(text)
             if j is None:
                 j = index[qid][text] = len(group.responses)
                 group.responses.append(text)
                 group.tiers.append(tier)
                 group.finished.append(done)
+                group.kinds.append(str(kind))
             elif group.tiers[j] != tier:
                 raise ValueError(f"{where}: a response of question {qid!r} has tier {tier} here and "
                                  f"{group.tiers[j]} in an earlier row")
@@ -203,8 +226,10 @@ def tokenize_groups(groups: Sequence[QuestionGroup], tokenizer, max_length: int,
             continue
         used = sorted({j for p in pairs for j in p})  # responses in no remaining pair are not needed
         remap = {j: k for k, j in enumerate(used)}
+        kinds = g.kinds or ["?"] * len(g.responses)
         items.append({"question_id": g.question_id, "seqs": [seqs[j] for j in used],
-                      "tiers": [g.tiers[j] for j in used], "pairs": [(remap[b], remap[w]) for b, w in pairs]})
+                      "tiers": [g.tiers[j] for j in used], "pairs": [(remap[b], remap[w]) for b, w in pairs],
+                      "kinds": [kinds[j] for j in used]})
     return items, dropped
 
 
@@ -329,6 +354,12 @@ def pair_metrics(rows: Sequence[dict], scored: Sequence[tuple[int, float]]) -> d
         "accuracy_by_tiers": {f"{b}>{w}": acc([r for r in rows if (r["better_tier"], r["worse_tier"]) == (b, w)])
                               for b, w in tier_pairs},
         "score_by_tier": {str(t): describe(v) for t, v in sorted(by_tier.items(), reverse=True)},
+        "accuracy_by_pair_type": {t: {"accuracy": acc([r for r in rows if r.get("pair_type") == t]),
+                                      "n_pairs": sum(1 for r in rows if r.get("pair_type") == t)}
+                                  for t in sorted({r.get("pair_type", "?>?") for r in rows})},
+        # What a scorer that knows only how each rationale was made (gold-hinted > free > wrong-hinted)
+        # gets on the same pairs: a reward model near it has learned provenance, not correctness.
+        "provenance_baseline_accuracy": acc([{"diff": r.get("provenance_diff", 0)} for r in rows]),
     }
 
 
@@ -356,11 +387,13 @@ def evaluate_pairs(model, items: Sequence[dict], batches: Sequence[list[int]], a
         if not counts:
             continue
         tiers = batch["tiers"].tolist()
+        kinds = [k for it in group for k in it.get("kinds", ["?"] * len(it["seqs"]))]
         for k in range(diff.numel()):
             bi, wi = batch["better"][k].item(), batch["worse"][k].item()
             rows.append({"question": group[batch["question"][k].item()]["question_id"], "loss": losses[k].item(),
                          "diff": diff[k].item(), "gap": int(batch["gap"][k].item()), "better_tier": tiers[bi],
-                         "worse_tier": tiers[wi]})
+                         "worse_tier": tiers[wi], "pair_type": f"{kinds[bi]}>{kinds[wi]}",
+                         "provenance_diff": PROVENANCE.get(kinds[bi], 0) - PROVENANCE.get(kinds[wi], 0)})
         scored += list(zip(tiers, scores.tolist()))
     if accelerator.num_processes > 1:
         rows, scored = gather_object(rows), gather_object(scored)
@@ -604,6 +637,9 @@ def run_reward(config: RewardConfig) -> dict:
     metrics = reward_metrics(state, steps_per_epoch, config.keep_best, model_dir if finished else None)
     status = "finished" if finished else "stopped"
     write_run_record(out, "reward", settings, status, data, metrics, state, accelerator)
+    if finished and config.validity_dataset and config.validity_questions and accelerator.is_main_process:
+        metrics["validity"] = reward_validity_report(config, out, model_dir, start_model, metrics.get("heldout"))
+        write_run_record(out, "reward", settings, status, data, metrics, state, accelerator)
     if finished and config.bon_n and accelerator.is_main_process:
         # Generation runs on the main process only, after the last collective (no barrier can time out).
         rerank = RerankConfig(reward_model=str(model_dir), out=str(out / "best_of_n"), n=config.bon_n,
@@ -614,6 +650,26 @@ def run_reward(config: RewardConfig) -> dict:
         metrics["best_of_n"] = run_rerank(rerank)
         write_run_record(out, "reward", settings, status, data, metrics, state, accelerator)
     return metrics
+
+
+def reward_validity_report(config: RewardConfig, out: Path, model_dir: Path, start_model: str,
+                           heldout: dict | None) -> dict:
+    """Write OUT/validity.json: the reward model's AUROC against the answer checker on fresh samples of the
+    held-out training questions (see validity.py)."""
+    from .data import load_examples
+    from .validity import run_validity
+
+    first = config.validity_offset
+    data = DataConfig(**{"data_dir": config.data_dir, **config.validity_data, "dataset": config.validity_dataset,
+                         "split": "train", "limit": first + config.validity_questions})
+    examples = load_examples(data)[first:]
+    if not examples:
+        raise ValueError(f"validity_dataset {config.validity_dataset!r} has no training questions after the first "
+                         f"{first} (validity_offset): nothing held out to sample")
+    return run_validity(out, model_dir, config.validity_policy or start_model, examples, heldout,
+                        n=config.validity_samples, temperature=config.validity_temperature,
+                        max_new_tokens=config.validity_max_new_tokens, prompt="zero_shot", chat="auto",
+                        templates=config.validity_templates, seed=config.seed, progress=config.progress)
 
 
 def merge_reward_folder(folder: Path) -> None:
@@ -669,6 +725,10 @@ def format_reward_metrics(m: dict) -> str:
         lines.append("no held-out questions (val_fraction=0)")
     lines.append(f"{m['steps']} steps, {m['tokens_per_s']} tokens/s, padding {m['padding_fraction']}; "
                  f"model: {m['model_dir']}")
+    if m.get("validity"):
+        from .validity import format_validity
+
+        lines.append(format_validity(m["validity"]))
     if m.get("best_of_n"):
         lines.append(format_rerank_metrics(m["best_of_n"]))
     return "\n".join(lines)

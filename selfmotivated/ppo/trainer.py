@@ -51,6 +51,7 @@ from .config import HELDOUT, PPOConfig
 from .actor_critic import ActorCritic, build_actor_critic, lora_config, merge_if_adapter
 from .core import AdaptiveKLController, FixedKLController, masked_mean, masked_sum, policy_loss, value_loss
 from .experience import Experience, generate_rollouts, make_experience
+from .gate import RewardModelInvalid, check_reward_validity  # noqa: F401 - RewardModelInvalid re-exported
 from .guard import Alarm, FailureGuard, GuardTripped
 from ..metrics import auroc
 from .rewards import RewardFn, check_rollouts, sequence_scores
@@ -779,49 +780,6 @@ def make_eval_fn(config: PPOConfig, sft: str, out: Path) -> Callable:
         return run_eval(eval_config, model=model, tokenizer=tokenizer, examples=examples)["accuracy"]
 
     return eval_fn
-
-
-class RewardModelInvalid(ValueError):
-    """The reward model's validity report says it does not track correctness; PPO against it would optimise
-    noise. Carries the report."""
-
-    def __init__(self, message: str, report: dict):
-        super().__init__(message)
-        self.report = report
-
-
-VALIDITY_FILE = "validity.json"
-
-
-def find_validity_report(reward_path: str | Path) -> Path | None:
-    """The validity report `sml reward` wrote beside (OUT/validity.json) or inside its model folder."""
-    folder = Path(reward_path)
-    for candidate in (folder / VALIDITY_FILE, folder.parent / VALIDITY_FILE):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def check_reward_validity(reward_path: str | Path, min_auroc: float) -> dict | None:
-    """Refuse (RewardModelInvalid) when the reward model's AUROC against the answer checker, on fresh samples
-    of held-out training questions, is below min_auroc. No report (a reward model from elsewhere): a warning."""
-    if not min_auroc:
-        return None
-    path = find_validity_report(reward_path)
-    if path is None:
-        log.warning("no %s for the reward model %s: its agreement with the answer checker is unknown "
-                    "(`sml reward` writes one; --min-reward-auroc 0 silences this)", VALIDITY_FILE, reward_path)
-        return None
-    report = json.loads(path.read_text())
-    value = report.get("auroc")
-    if value is None or value < min_auroc:
-        shown = "undefined (every sample right, or every one wrong)" if value is None else f"{value:.3f}"
-        raise RewardModelInvalid(
-            f"the reward model {reward_path} does not track correctness: AUROC of its score against the answer "
-            f"checker on {report.get('n', '?')} fresh samples of held-out training questions is {shown}, "
-            f"below min_reward_auroc={min_auroc} ({path}). PPO against it would optimise noise; retrain it, or "
-            f"pass --min-reward-auroc 0 (ppo.min_reward_auroc: 0) to run anyway", report)
-    return report
 
 
 def run_ppo(config: PPOConfig, reward_fn: RewardFn | None = None, eval_fn: Callable | None = None) -> dict:

@@ -1,0 +1,155 @@
+"""Does the reward model measure correctness on what PPO will show it? The reward stage's validity report.
+
+A reward model's held-out pairwise accuracy is measured on the pairs it was trained on: hinted and free
+rationales of the rank. PPO shows it something else: free samples of the policy on training questions. So
+the report samples exactly that population, fresh (the SFT policy, PPO's temperature and token limit, on
+training questions that neither the rationales nor PPO use), scores each sample with the reward model,
+and measures how well the score separates what our answer checker calls right from wrong:
+
+- auroc: over all samples (n of them), the chance a right sample outscores a wrong one;
+- within_question_auroc: the same, only comparing samples of one question (what PPO's group baseline
+  uses), averaged over the questions that have both right and wrong samples;
+- pairwise accuracy by pair type on the held-out pairs, and the accuracy of a provenance-only scorer
+  (gold-hinted > free > wrong-hinted) on those pairs, from the reward stage's held-out metrics.
+
+PPO refuses to start when auroc is below `ppo.min_reward_auroc` (ppo/trainer.py:check_reward_validity).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .metrics import auroc
+
+log = logging.getLogger(__name__)
+
+VALIDITY_FILE = "validity.json"
+SAMPLES_FILE = "validity_samples.jsonl"
+
+
+def within_question_auroc(rows: Sequence[dict]) -> tuple[float | None, int]:
+    """(mean AUROC over questions that have both right and wrong samples, how many such questions)."""
+    by_question: dict[str, list[dict]] = {}
+    for r in rows:
+        by_question.setdefault(r["id"], []).append(r)
+    values = [auroc([r["score"] for r in rs], [r["correct"] for r in rs]) for rs in by_question.values()]
+    values = [v for v in values if v is not None]
+    return (statistics.fmean(values) if values else None), len(values)
+
+
+def validity_figures(rows: Sequence[dict]) -> dict:
+    """The report's figures from sample rows {id, score, correct, finished}."""
+    scores = [r["score"] for r in rows]
+    correct = [bool(r["correct"]) for r in rows]
+    within, n_within = within_question_auroc(rows)
+    right = [s for s, c in zip(scores, correct) if c]
+    wrong = [s for s, c in zip(scores, correct) if not c]
+    return {
+        "auroc": auroc(scores, correct),
+        "n": len(rows),
+        "n_correct": sum(correct),
+        "n_questions": len({r["id"] for r in rows}),
+        "within_question_auroc": within,
+        "n_questions_with_both": n_within,
+        "mean_score_correct": statistics.fmean(right) if right else None,
+        "mean_score_wrong": statistics.fmean(wrong) if wrong else None,
+        "truncated_frac": sum(not r["finished"] for r in rows) / len(rows) if rows else None,
+    }
+
+
+def sample_and_score(policy: str, reward_model_dir: str | Path, examples: Sequence, *, n: int, temperature: float,
+                     max_new_tokens: int, prompt: str = "zero_shot", chat: str = "auto", templates: str | None = None,
+                     seed: int = 0, device: str | None = None, batch_size: int = 64,
+                     progress: bool = True) -> list[dict]:
+    """n fresh samples per question from `policy`, each checked against the gold and scored by the reward
+    model. Rows {id, sample, text, prediction, correct, finished, score}."""
+    import torch
+
+    from .answers import check_answer
+    from .generation import SamplingParams, make_generator
+    from .models import load_model
+    from .prompts import build_prompt, load_templates, stop_strings
+    from .reward import load_reward_model, score_texts
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_templates(templates)
+    model, tokenizer = load_model(policy, device=device)
+    prompts = [build_prompt(ex, tokenizer, style=prompt, chat=chat, templates=loaded) for ex in examples]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, n=n, seed=seed,
+                            stop=stop_strings(tokenizer, chat))
+    completions = make_generator(model, tokenizer, max_seqs=batch_size).generate(prompts, params, progress=progress)
+    del model
+    reward_model, reward_tokenizer = load_reward_model(reward_model_dir, device=device)
+    texts, finished, owners = [], [], []
+    for i, cs in enumerate(completions):
+        for c in cs:
+            texts.append(c.text)
+            finished.append(c.finish_reason != "length")
+            owners.append(i)
+    scores = score_texts(reward_model, reward_tokenizer, [prompts[i] for i in owners], texts, finished=finished)
+    rows, k = [], 0
+    for i, cs in enumerate(completions):
+        for j, _ in enumerate(cs):
+            prediction, ok = check_answer(texts[k], examples[i])
+            rows.append({"id": examples[i].id, "sample": j, "text": texts[k], "prediction": prediction,
+                         "correct": bool(ok), "finished": finished[k], "score": scores[k]})
+            k += 1
+    return rows
+
+
+def write_validity_report(out: Path, rows: Sequence[dict], heldout_pairs: dict | None, settings: dict) -> dict:
+    """OUT/validity.json (figures + the held-out pair metrics by type) and OUT/validity_samples.jsonl."""
+    from .training import write_json
+
+    report = validity_figures(rows)
+    if heldout_pairs:
+        report["pairwise_accuracy"] = heldout_pairs.get("pairwise_accuracy")
+        report["by_pair_type"] = heldout_pairs.get("accuracy_by_pair_type", {})
+        report["provenance_baseline_accuracy"] = heldout_pairs.get("provenance_baseline_accuracy")
+    report["settings"] = settings
+    (out / SAMPLES_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_json(out / VALIDITY_FILE, report)
+    return report
+
+
+def run_validity(out: Path, reward_model_dir: Path, policy: str, examples: Sequence, heldout_pairs: dict | None,
+                 *, n: int, temperature: float, max_new_tokens: int, prompt: str, chat: str, templates: str | None,
+                 seed: int, progress: bool) -> dict:
+    """Sample, score and write the validity report (reusing the samples of an earlier run with the same
+    settings: the report is cheap to rewrite, the samples are not)."""
+    settings = {"policy": policy, "questions": [ex.id for ex in examples], "n": n, "temperature": temperature,
+                "max_new_tokens": max_new_tokens, "prompt": prompt, "chat": chat, "templates": templates,
+                "seed": seed, "reward_model": str(reward_model_dir)}
+    old = out / VALIDITY_FILE
+    if old.is_file() and (out / SAMPLES_FILE).is_file():
+        if json.loads(old.read_text()).get("settings") == settings:
+            rows = [json.loads(line) for line in (out / SAMPLES_FILE).read_text().splitlines() if line.strip()]
+            return write_validity_report(out, rows, heldout_pairs, settings)
+    t0 = time.perf_counter()
+    rows = sample_and_score(policy, reward_model_dir, examples, n=n, temperature=temperature,
+                            max_new_tokens=max_new_tokens, prompt=prompt, chat=chat, templates=templates, seed=seed,
+                            progress=progress)
+    report = write_validity_report(out, rows, heldout_pairs, settings)
+    log.info("reward validity: AUROC %s on %d fresh samples of %d held-out training questions (%.0f s)",
+             report["auroc"], report["n"], report["n_questions"], time.perf_counter() - t0)
+    return report
+
+
+def format_validity(report: dict) -> str:
+    def f(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    lines = [f"reward validity: AUROC {f(report.get('auroc'))} on {report.get('n')} fresh samples "
+             f"({report.get('n_correct')} right) of {report.get('n_questions')} held-out training questions; "
+             f"within-question AUROC {f(report.get('within_question_auroc'))} "
+             f"({report.get('n_questions_with_both')} questions with both)"]
+    if report.get("by_pair_type"):
+        parts = [f"{t} {f(v['accuracy'])} (n={v['n_pairs']})" for t, v in report["by_pair_type"].items()]
+        lines.append("held-out pairs by type: " + ", ".join(parts)
+                     + f"; provenance-only baseline {f(report.get('provenance_baseline_accuracy'))}")
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""The reward model's validity report: AUROC against the answer checker, within questions, by pair type, and
+the provenance-only baseline (hand-computed figures)."""
+
+import pytest
+
+from selfmotivated.metrics import auroc
+from selfmotivated.reward import pair_metrics
+from selfmotivated.validity import validity_figures, within_question_auroc
+
+
+def test_auroc_by_hand():
+    assert auroc([0.9, 0.8, 0.3, 0.1], [True, True, False, False]) == 1.0
+    assert auroc([0.1, 0.3, 0.8, 0.9], [True, True, False, False]) == 0.0
+    # positives 0.5, 0.2; negatives 0.5, 0.1: pairs (0.5>0.5 tie .5) (0.5>0.1 1) (0.2<0.5 0) (0.2>0.1 1) = 2.5/4
+    assert auroc([0.5, 0.2, 0.5, 0.1], [True, True, False, False]) == pytest.approx(0.625)
+    assert auroc([0.5, 0.2], [True, True]) is None
+    with pytest.raises(ValueError):
+        auroc([0.1], [True, False])
+
+
+def test_validity_figures_separate_overall_from_within_question_ranking():
+    # Question a is easy (high scores), b hard (low scores): overall the score tracks the question, within
+    # each question it ranks the right sample first.
+    rows = [
+        {"id": "a", "score": 2.0, "correct": True, "finished": True},
+        {"id": "a", "score": 1.5, "correct": False, "finished": True},
+        {"id": "b", "score": 0.5, "correct": True, "finished": True},
+        {"id": "b", "score": 0.1, "correct": False, "finished": False},
+        {"id": "c", "score": 0.3, "correct": False, "finished": True},  # no right sample: not in within-AUROC
+    ]
+    within, n = within_question_auroc(rows)
+    assert within == 1.0 and n == 2
+    figures = validity_figures(rows)
+    # positives 2.0, 0.5; negatives 1.5, 0.1, 0.3: 2.0 beats all 3; 0.5 beats 0.1 and 0.3 -> 5/6
+    assert figures["auroc"] == pytest.approx(5 / 6)
+    assert figures["n"] == 5 and figures["n_correct"] == 2 and figures["n_questions"] == 3
+    assert figures["truncated_frac"] == pytest.approx(0.2)
+    assert figures["mean_score_correct"] == pytest.approx(1.25)
+
+
+def test_pair_metrics_by_pair_type_and_provenance_baseline():
+    rows = [  # diff: the reward model's score difference (better - worse); provenance_diff: kind order
+        {"question": "q", "loss": 0.1, "diff": 1.0, "gap": 2, "better_tier": 3, "worse_tier": 1,
+         "pair_type": "free>free", "provenance_diff": 0},
+        {"question": "q", "loss": 0.1, "diff": -1.0, "gap": 2, "better_tier": 3, "worse_tier": 1,
+         "pair_type": "free>free", "provenance_diff": 0},
+        {"question": "r", "loss": 0.1, "diff": 0.5, "gap": 1, "better_tier": 2, "worse_tier": 1,
+         "pair_type": "gold>wrong", "provenance_diff": 2},
+    ]
+    m = pair_metrics(rows, [(3, 1.0), (1, 0.0)])
+    assert m["accuracy_by_pair_type"] == {"free>free": {"accuracy": 0.5, "n_pairs": 2},
+                                          "gold>wrong": {"accuracy": 1.0, "n_pairs": 1}}
+    # Provenance alone: ties (free vs free) count half, gold over wrong is right: (0.5 + 0.5 + 1) / 3
+    assert m["provenance_baseline_accuracy"] == pytest.approx(2 / 3)
