@@ -172,6 +172,16 @@ def test_coin_flip_flips_knob(flips):
         load_examples(DataConfig(dataset="synthetic_coin_flip", task_options={"people": 2, "flips": 3}))
 
 
+def test_coin_flip_flips_from_a_list_mixes_both_answers():
+    examples = load_examples(DataConfig(dataset="synthetic_coin_flip", n_train=0, n_test=60,
+                                        task_options={"people": 3, "flips": [1, 2]}))
+    counts = [len(re.findall(r"[A-Z][a-z]+ flips the coin\.", ex.question)) for ex in examples]
+    assert set(counts) == {1, 2}
+    assert all(ex.gold == ("yes" if c == 2 else "no") for ex, c in zip(examples, counts))
+    with pytest.raises(DataError, match="'flips' must be between 0 and people"):
+        load_examples(DataConfig(dataset="synthetic_coin_flip", task_options={"people": 2, "flips": [1, 5]}))
+
+
 def test_last_letters_words_knob():
     examples = load_examples(DataConfig(dataset="synthetic_last_letters", n_train=5, n_test=5, split="train",
                                         task_options={"words": 2}))

@@ -311,7 +311,7 @@ def describe_dataset(name: str, data_dir: str | Path | None = None, n_examples: 
         size, flips = synthetic.resolve_options(name, config.synthetic_size, config.task_options)
         notes = [
             f"Generated: n_train={config.n_train}, n_test={config.n_test}, seed={config.synthetic_seed}, "
-            f"{size} names per question{'' if flips is None else f', {flips} flip(s)'}; no question is in "
+            f"{size} names per question{'' if flips is None else f', flips drawn from {list(flips)}'}; no question is in "
             "both splits.",
             "Task options: " + "; ".join(f"{k}: {v}" for k, v in synthetic.TASK_OPTIONS[name].items()),
         ]

@@ -9,9 +9,11 @@ first n_test distinct questions of the test stream, so it does not change with n
 question already in test. A fixed "prompt" stream makes the few-shot exemplars, which both splits skip.
 
 Difficulty knobs (`task_options`, see TASK_OPTIONS): Coin Flip's `people` (how many people are named) and
-`flips` (how many of them flip the coin: a fixed count instead of a fair coin per person; the parity of the
-flips is the whole task, so fewer flips is easier); Last Letters' `words` (how many names to join). Left
-unset, every question draws exactly what it drew before these knobs existed.
+`flips` (how many of them flip the coin instead of a fair coin per person: a count, or a list of counts each
+question draws one of; the parity of the flips is the whole task, so fewer flips is easier, and a list of an odd
+and an even count keeps both answers common, where one count gives every question the same gold); Last
+Letters' `words` (how many names to join). Left unset, every question draws exactly what it drew before these
+knobs existed.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ N_PROMPT_EXEMPLARS = 4
 TASK_OPTIONS = {
     "synthetic_coin_flip": {
         "people": "people named in each question (default: synthetic_size, 4)",
-        "flips": "how many of them flip the coin (default: each flips with probability 1/2)",
+        "flips": "how many of them flip the coin, or a list of counts to draw from per question (default: each "
+        "flips with probability 1/2)",
     },
     "synthetic_last_letters": {"words": "names to join per question (default: synthetic_size, 4)"},
 }
@@ -51,13 +54,14 @@ def first_names() -> tuple[str, ...]:
 
 
 def _coin_flip_item(
-    rng: random.Random, n_people: int, names: tuple[str, ...], n_flips: int | None = None
+    rng: random.Random, n_people: int, names: tuple[str, ...], n_flips: tuple[int, ...] | None = None
 ) -> tuple[str, str, dict]:
     people = rng.sample(names, n_people)
     if n_flips is None:
         flips = [rng.random() < 0.5 for _ in people]
-    else:  # exactly n_flips of them flip, at random places
-        flippers = set(rng.sample(range(n_people), n_flips))
+    else:  # a count of flips drawn from n_flips, at random places
+        count = n_flips[0] if len(n_flips) == 1 else rng.choice(n_flips)
+        flippers = set(rng.sample(range(n_people), count))
         flips = [i in flippers for i in range(n_people)]
     steps = " ".join(
         f"{p} flips the coin." if f else f"{p} does not flip the coin." for p, f in zip(people, flips)
@@ -77,7 +81,7 @@ def _last_letters_item(rng: random.Random, n_names: int, names: tuple[str, ...])
 
 
 def _stream(
-    task: str, stream: str, seed: int, size: int, count: int, skip: set[str], flips: int | None = None
+    task: str, stream: str, seed: int, size: int, count: int, skip: set[str], flips: tuple[int, ...] | None = None
 ) -> list[tuple[str, str, dict]]:
     """The first `count` distinct questions of one seeded stream, leaving out those in `skip`."""
     names = first_names()
@@ -119,27 +123,30 @@ def _examples(task: str, split: str, items: list[tuple[str, str, dict]]) -> list
     ]
 
 
-def resolve_options(task: str, size: int = 4, options: dict | None = None) -> tuple[int, int | None]:
-    """(names per question, flips per question or None) of `task` from synthetic_size and its task options;
-    ValueError naming the option when one is unknown or out of range."""
+def resolve_options(task: str, size: int = 4, options: dict | None = None) -> tuple[int, tuple[int, ...] | None]:
+    """(names per question, the counts of flips a question draws from or None) of `task` from synthetic_size and
+    its task options; ValueError naming the option when one is unknown or out of range."""
     options = dict(options or {})
     allowed = TASK_OPTIONS[task]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"{task}: unknown task option(s) {unknown}; allowed: {sorted(allowed)}")
     size_key = "people" if task == "synthetic_coin_flip" else "words"
-    values = {}
-    for key in options:
-        value = options[key]
+    def whole(key, value):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{task}: task option {key!r} must be a whole number, got {value!r}")
-        values[key] = value
-    size = values.get(size_key, size)
+        return value
+
+    size = whole(size_key, options[size_key]) if size_key in options else size
     if size < 1:
         raise ValueError(f"{task}: task option {size_key!r} must be >= 1, got {size}")
-    flips = values.get("flips")
-    if flips is not None and not 0 <= flips <= size:
-        raise ValueError(f"{task}: task option 'flips' must be between 0 and people ({size}), got {flips}")
+    flips = options.get("flips")
+    if flips is not None:
+        flips = tuple(whole("flips", v) for v in flips) if isinstance(flips, (list, tuple)) else (
+            whole("flips", flips),)
+        if not flips or not all(0 <= f <= size for f in flips):
+            raise ValueError(f"{task}: task option 'flips' must be between 0 and people ({size}), got "
+                             f"{options['flips']}")
     return size, flips
 
 
@@ -161,11 +168,11 @@ def generate(
 
 
 def gen_coin_flip(
-    n_train: int = 500, n_test: int = 150, seed: int = 0, n_people: int = 4, n_flips: int | None = None
+    n_train: int = 500, n_test: int = 150, seed: int = 0, n_people: int = 4, n_flips: int | list | None = None
 ) -> dict[str, list[Example]]:
     """Coin Flip questions: n_people each flip the coin or not (exactly n_flips of them, when given); gold
     "yes" when it is still heads up."""
-    options = {} if n_flips is None else {"flips": n_flips}
+    options = {} if n_flips is None else {"flips": n_flips}  # a count, or a list of counts
     return generate("synthetic_coin_flip", n_train, n_test, seed, n_people, options)
 
 
