@@ -33,15 +33,18 @@ from .ppo.gate import RewardModelInvalid
 
 log = logging.getLogger(__name__)
 
-STAGES = ("baseline", "generate", "rank", "sft", "reward", "ppo", "ppo_checker", "evaluate", "best_of_n")
+STAGES = ("baseline", "generate", "rank", "sft", "reward", "ppo", "ppo_checker", "sft_round2", "evaluate",
+          "best_of_n")
 # Stages that only measure a model: no later stage reads their output, so their settings (the test subset,
 # say) stay out of the fingerprint chain, and evaluating on more questions retrains nothing.
 MEASURE_STAGES = ("baseline", "evaluate", "best_of_n")
 # Control stages train a model beside SML from the same SFT start, to say what helped: their fingerprints
 # chain from the SFT stage only, and no later training stage reads them.
-CONTROL_STAGES = ("ppo_checker",)
+CONTROL_STAGES = ("ppo_checker", "sft_round2")
 CONTROLS = {"ppo_checker": "PPO against our answer checker on the training questions' gold answers (the "
-                           "verifiable-reward control; same SFT start and rollout budget as SML)"}
+                           "verifiable-reward control; same SFT start and rollout budget as SML)",
+            "sft_round2": "expert iteration: the SFT model fine-tuned again on its own correct samples, as many "
+                          "sampled responses as PPO's rollouts"}
 SECTIONS = ("data", "eval", "generate", "rank", "sft", "reward", "ppo", "rerank")
 
 
@@ -179,12 +182,26 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
             cfg = ppo_config(config, run)
             cfg.reward, cfg.out, cfg.reward_model = "checker", str(run / "ppo_checker"), None
             yield "ppo_checker", cfg
+    elif stage == "sft_round2":
+        if "sft_round2" in config.controls:
+            from .expert_iteration import ExpertIterationConfig
+
+            ppo = ppo_config(config, run)
+            yield "sft_round2", ExpertIterationConfig(
+                sft_model=str(run / "sft" / "model"), out=str(run / "sft_round2"),
+                samples=ppo.iterations * ppo.prompts_per_iteration * ppo.samples_per_prompt,
+                samples_per_prompt=ppo.samples_per_prompt, temperature=ppo.temperature,
+                max_new_tokens=ppo.max_new_tokens, prompt=ppo.prompt, chat=ppo.chat, templates=config.templates,
+                seed=config.seed, generation_batch_size=ppo.generation_batch_size, sft=dict(config.sft),
+                data=ppo.data)
     elif stage == "evaluate":
         for ds in config.eval_datasets:
             yield f"sft/{ds}", eval_config(str(run / "sft" / "model"), "sft", ds)
             yield f"sml/{ds}", eval_config(str(policy_dir(run)), "sml", ds)
             if "ppo_checker" in config.controls:
                 yield f"ppo_checker/{ds}", eval_config(str(run / "ppo_checker" / "policy"), "ppo_checker", ds)
+            if "sft_round2" in config.controls:
+                yield f"sft_round2/{ds}", eval_config(str(run / "sft_round2" / "model"), "sft_round2", ds)
     elif stage == "best_of_n":
         if config.best_of_n:
             from .reward import RerankConfig
@@ -261,7 +278,7 @@ def changed_settings(before: list, after: list) -> list[str]:
 def _stage_outputs(run: Path, stage: str, configs) -> list[Path]:
     if stage == "generate":
         return [run / "rationales.sqlite", run / "rationales.sqlite-wal", run / "rationales.sqlite-shm"]
-    if stage in ("sft", "reward", "ppo", "ppo_checker"):
+    if stage in ("sft", "reward", "ppo", *CONTROL_STAGES):
         return [run / stage]
     if stage == "rank":
         return [run / "ranked"]
@@ -332,6 +349,10 @@ def _run_one(stage: str, label: str, cfg, run: Path) -> dict:
         from .ppo.trainer import run_ppo
 
         return run_ppo(cfg)
+    if stage == "sft_round2":
+        from .expert_iteration import run_expert_iteration
+
+        return run_expert_iteration(cfg)
     if stage == "best_of_n":
         from .reward import run_rerank
 

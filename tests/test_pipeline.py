@@ -24,7 +24,7 @@ def smoke_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("pipeline") / "run"
     config = smoke_config(load_pipeline_config(DEMO))
     config.report = False
-    config.controls = ("ppo_checker",)
+    config.controls = ("ppo_checker", "sft_round2")
     summary = run_pipeline(config, run)
     return run, config, summary
 
@@ -43,7 +43,8 @@ def test_shipped_configs_are_valid_for_every_stage(path, tmp_path, monkeypatch):
 def test_every_stage_runs_and_summary_has_all_models(smoke_run):
     run, config, summary = smoke_run
     assert [s for s in STAGES if stages(run)[s]["status"] == "done"] == list(STAGES)
-    assert set(summary["models"]) == {"base", "base_few_shot", "sft", "sml", "ppo_checker", "sml_best_of_n"}
+    assert set(summary["models"]) == {"base", "base_few_shot", "sft", "sml", "ppo_checker", "sft_round2",
+                                      "sml_best_of_n"}
     # The reward stage's validity report: fresh samples of the training questions after PPO's own.
     validity = summary["reward_validity"]
     assert validity["n"] == 6 and validity["n_questions"] == 3 and "by_pair_type" in validity
@@ -54,6 +55,9 @@ def test_every_stage_runs_and_summary_has_all_models(smoke_run):
     assert not {r["id"] for r in samples} & ppo_questions  # never the test split
     assert json.loads((run / "ppo_checker" / "run.json").read_text())["config"]["reward"] == "checker"
     assert (run / "ppo_checker" / "policy" / "config.json").exists()
+    # Expert iteration spends PPO's sampling budget: 2 iterations x 2 prompts x 2 samples.
+    samples = [json.loads(x) for x in (run / "sft_round2" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 8 and (run / "sft_round2" / "model" / "config.json").exists()
     for model in summary["models"].values():
         m = model["synthetic_coin_flip"]
         assert m["n"] == 4 and 0 <= m["accuracy"] <= 1 and len(m["ci95"]) == 2
@@ -88,8 +92,9 @@ def test_changed_setting_reruns_that_stage_and_later(tmp_path, smoke_run):
         assert after[stage]["fingerprint"] == first[stage]["fingerprint"]
     for stage in ("reward", "ppo", "evaluate", "best_of_n"):
         assert after[stage]["fingerprint"] != first[stage]["fingerprint"] and after[stage]["status"] == "done"
-    # The checker-reward control starts from the SFT model and reads no reward model: not retrained.
-    assert after["ppo_checker"]["fingerprint"] == first["ppo_checker"]["fingerprint"]
+    # The controls start from the SFT model and read no reward model: not retrained.
+    for stage in ("ppo_checker", "sft_round2"):
+        assert after[stage]["fingerprint"] == first[stage]["fingerprint"]
     stale = list((run / "stale").iterdir())
     assert any(p.name.startswith("reward-") for p in stale)  # old output moved aside, not deleted
 
@@ -106,11 +111,11 @@ def test_plan_says_what_would_run_and_changes_nothing(tmp_path, smoke_run, capsy
     changed = plan_pipeline(dataclasses.replace(config, reward={**config.reward, "learning_rate": 1e-3}), run)
     # The plan names what changed: stages.json keeps each stage's settings beside its fingerprint.
     assert actions(changed) == ["done"] * 4 + ["rerun (learning_rate changed)"] + \
-        ["rerun (an earlier stage changed)", "done"] + ["rerun (an earlier stage changed)"] * 2
+        ["rerun (an earlier stage changed)", "done", "done"] + ["rerun (an earlier stage changed)"] * 2
     more = plan_pipeline(dataclasses.replace(config, test_limit=6, eval={**config.eval, "max_new_tokens": 3}), run)
     assert more[0]["action"] == "rerun (data.limit, max_new_tokens changed)"
     assert actions(plan_pipeline(config, run, from_stage="ppo", until="evaluate")) == \
-        ["done"] * 5 + ["rerun (--from)"] * 3
+        ["done"] * 5 + ["rerun (--from)"] * 4
     assert actions(plan_pipeline(config, tmp_path / "new")) == ["run"] * len(STAGES)
     assert not (tmp_path / "new").exists()
     two = plan_pipeline(dataclasses.replace(config, rounds=2), tmp_path / "new")
@@ -142,7 +147,7 @@ def test_more_test_questions_rerun_only_the_evaluations(smoke_run):
         assert (after[stage][1] != before[stage][1]) == (stage in MEASURE_STAGES), stage
     changed = round_plan(dataclasses.replace(config, sft={**config.sft, "learning_rate": 1e-3}), run, 1, "")
     assert [s for s in STAGES if changed[s][1] != before[s][1]] == \
-        ["sft", "reward", "ppo", "ppo_checker", "evaluate", "best_of_n"]
+        ["sft", "reward", "ppo", "ppo_checker", "sft_round2", "evaluate", "best_of_n"]
 
 
 def test_prompt_templates_reach_every_prompt_and_count_by_content(tmp_path, smoke_run):
@@ -185,7 +190,7 @@ def test_second_round_starts_from_the_first_rounds_sml_model(tmp_path, smoke_run
     assert settings["model"] == str((run / "ppo" / "policy").resolve())
     assert (two / "rationales.sqlite").exists() and (two / "ppo" / "policy" / "config.json").exists()
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
-    assert set(summary["rounds"][1]["models"]) == {"sft", "sml", "ppo_checker", "sml_best_of_n"}
+    assert set(summary["rounds"][1]["models"]) == {"sft", "sml", "ppo_checker", "sft_round2", "sml_best_of_n"}
     assert json.loads((run / "summary.json").read_text())["rounds"][1]["models"] == summary["rounds"][1]["models"]
     assert (two / "report.html").exists() and (run / "report.html").exists()
     side_by_side = (run / "rounds" / "report.md").read_text()
@@ -278,7 +283,7 @@ def test_ppo_refuses_a_reward_model_that_does_not_track_correctness(tmp_path, sm
     assert record["ppo"]["status"] == "refused" and "does not track correctness" in record["ppo"]["reason"]
     assert record["ppo"]["validity"]["n"] == summary["reward_validity"]["n"]
     assert "sml" not in summary["models"] and "sml_best_of_n" not in summary["models"]
-    assert {"base", "sft", "ppo_checker"} <= set(summary["models"])
+    assert {"base", "sft", "ppo_checker", "sft_round2"} <= set(summary["models"])
     assert "min_reward_auroc" in summary["refused"]["ppo"]
     assert not (run / "eval" / "sml" / "synthetic_coin_flip" / "metrics.json").exists()
     assert not (run / "ppo" / "policy").exists()
