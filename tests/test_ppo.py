@@ -533,10 +533,11 @@ def test_shared_reward_model_scores_like_the_reward_module(tiny_run_folders):
     got = shared(prompts, responses)
     assert expected.std() > 1e-3  # the scores differ, so agreeing means something
     assert torch.allclose(got, expected, atol=1e-4)
-    # The critic starts as the reward model: its value at the last position is the reward score.
+    # The critic starts as the reward model: its value at the EOS that ends a finished response (the state
+    # before the token after it) is the reward score.
     ids = tok(prompts[0], add_special_tokens=False)["input_ids"]
     resp = tok(responses[0], add_special_tokens=False)["input_ids"]
-    seq = torch.tensor([ids + resp + [tok.eos_token_id]])
+    seq = torch.tensor([ids + resp + [tok.eos_token_id, tok.eos_token_id]])
     with torch.no_grad():
         values = ac.values(seq, torch.ones_like(seq), len(ids))  # V before each response token
     assert values[0, -1].item() == pytest.approx(expected[0].item(), abs=1e-4)
