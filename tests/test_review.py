@@ -166,16 +166,16 @@ def test_tier_label_mapping():
     assert tier_label(4, 4, 0) == "sound" and tier_label(1, 4, 0) == "right_unsound"
 
 
-def _label(rid, annotator, label, tier, kind="free", score=None):
+def _label(rid, annotator, label, tier, kind="free", score=None, outcome="o"):
     return {"rid": rid, "annotator": annotator, "label": label, "tier": tier, "kind": kind, "top_tier": 3,
-            "bottom_tier": 1, "score": score}
+            "bottom_tier": 1, "score": score, "outcome": outcome}
 
 
 def test_figures_confusion_kappa_reward_auroc_and_inter_annotator():
     labels = [
         _label(1, "a", "sound", 3, score=2.0),
         _label(2, "a", "right_unsound", 3, score=1.0),
-        _label(3, "a", "right_unsound", 2, kind="gold", score=0.5),
+        _label(3, "a", "right_unsound", 2, kind="gold", score=0.5, outcome="inconsistent"),
         _label(4, "a", "wrong", 1, kind="wrong", score=-1.0),
         _label(5, "a", "sound", 1, score=1.5),
         _label(6, "a", "wrong", None, kind="wrong"),  # left out of the rank: own row, no kappa
@@ -209,6 +209,13 @@ def test_figures_confusion_kappa_reward_auroc_and_inter_annotator():
     assert ia["pooled"]["kappa"] == pytest.approx(
         cohen_kappa([("sound", "sound"), ("right_unsound", "wrong"), ("wrong", "wrong")]))
     assert set(fig["by_kind"]) == {"free", "gold", "wrong"}
+    # right answer (tier above the bottom vs not 'wrong'): (T,T) x4, (F,F) x2, (F,T), (T,F): p_o = 6/8;
+    # marginals (5 T, 3 F) on both sides: p_e = (25 + 9) / 64; kappa = (48 - 34) / (64 - 34)
+    assert fig["right_answer"]["agreement"] == pytest.approx(6 / 8)
+    assert fig["right_answer"]["kappa"] == pytest.approx(14 / 30)
+    assert fig["by_outcome"] == {"free/o": {"sound": 3, "right_unsound": 1, "wrong": 1},
+                                 "gold/inconsistent": {"sound": 0, "right_unsound": 1, "wrong": 0},
+                                 "wrong/o": {"sound": 0, "right_unsound": 0, "wrong": 3}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -394,6 +401,7 @@ def test_cli_json_export_and_report(run, tmp_path, capsys):
     md = Path(paths["markdown"]).read_text()
     assert "## People's labels" in md and "6 labels of 5 rationales" in md
     assert "| tier 3 | 3 | 0 | 0 |" in md  # sound 3 (r1 twice, r2 once)
+    assert "| free/unsupported | 0 | 1 | 0 |" in md  # the labels of each outcome the checks found
 
     # A results folder keeps the labels but not the store: the figures come from the labels' own tiers.
     bare = tmp_path / "results-copy"

@@ -124,9 +124,19 @@ def figures(labels: Sequence[dict], scores: dict[int, float] | None = None) -> d
         # recall: of the rationales people call sound, the share the tiers put on top
         "recall": sum(1 for t, s in top if t and s) / n_sound if n_sound else None,
     }
+    # Whether the answer is right, the part of a rationale the checks do see: every tier above the bottom
+    # claims the gold answer, and a person's "sound" and "right answer, unsound reasoning" both grant it.
+    right = [(c != "wrong", r["label"] != "wrong") for c, r in claimed]
+    out["right_answer"] = _agreement(right)
     out["tier_auroc"] = auroc([r["tier"] for _, r in claimed], [r["label"] == SOUND for _, r in claimed])
     out["by_kind"] = {kind: _agreement([(c, r["label"]) for c, r in claimed if r["kind"] == kind])
                       for kind in sorted({r["kind"] for _, r in claimed})}
+    # Independent of the tier rules: the people's labels of each kind/outcome the checks found.
+    by_outcome: dict[str, Counter] = defaultdict(Counter)
+    for r in labels:
+        if r.get("outcome"):
+            by_outcome[f"{r['kind']}/{r['outcome']}"][r["label"]] += 1
+    out["by_outcome"] = {key: {lab: c[lab] for lab in LABELS} for key, c in sorted(by_outcome.items())}
     out["by_annotator"] = {name: _agreement([(c, r["label"]) for c, r in claimed if r["annotator"] == name])
                            for name in out["annotators"]}
     # Reward model: its score against "sound", one observation per label.

@@ -167,7 +167,7 @@ def render_panel(fig: dict, score_progress: dict | None = None) -> str:
         conf = fig["confusion"]
         head = "".join(f"<th>{e(LABEL_TEXT[c])}</th>" for c in conf["cols"])
         rows = "".join(
-            f"<tr><th>tier {e(r)}</th>" + "".join(f"<td>{n}</td>" for n in counts) + "</tr>"
+            f"<tr><th>{'not ranked' if r == 'none' else f'tier {e(r)}'}</th>" + "".join(f"<td>{n}</td>" for n in counts) + "</tr>"
             for r, counts in zip(conf["rows"], conf["counts"]))
         tv, top, rw = fig["tier_vs_label"], fig["top_tier_vs_sound"], fig["reward"]
         who = ", ".join(f"{e(a)} ({n})" for a, n in fig["annotators"].items())
@@ -178,6 +178,8 @@ def render_panel(fig: dict, score_progress: dict | None = None) -> str:
             f"<li>tier vs label (top tier = sound, bottom = wrong, between = right but unsound): agreement "
             f"<b id='fig-agreement'>{_pct(tv['agreement'])}</b>, Cohen's kappa <b id='fig-kappa'>"
             f"{_fmt(tv['kappa'])}</b> (n={tv['n']})</li>",
+            f"<li>right answer (tier above the bottom vs sound or right-but-unsound): agreement "
+            f"{_pct(fig['right_answer']['agreement'])}, kappa {_fmt(fig['right_answer']['kappa'])}</li>",
             f"<li>top tier vs sound: kappa {_fmt(top['kappa'])}; of top-tier rationales "
             f"{_pct(top['precision'])} are sound, of sound ones {_pct(top['recall'])} are top tier</li>",
             f"<li>AUROC of the tier for 'sound': {_fmt(fig['tier_auroc'])}</li>",

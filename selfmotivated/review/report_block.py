@@ -31,12 +31,14 @@ def review_section(run, published, config, plot_dir) -> list:
                    f"Tiers from {fig['tiers_from']}.")]
     conf = fig["confusion"]
     blocks.append(Table(["tier \\ people"] + [LABEL_TEXT[c] for c in conf["cols"]],
-                        [[f"tier {r}"] + counts for r, counts in zip(conf["rows"], conf["counts"])]))
+                        [["not ranked" if r == "none" else f"tier {r}"] + counts for r, counts in zip(conf["rows"], conf["counts"])]))
     tv, top, rw, ia = fig["tier_vs_label"], fig["top_tier_vs_sound"], fig["reward"], fig["inter_annotator"]
     rows = [
         ["tier vs label (top = sound, bottom = wrong, between = right but unsound)",
          tv["n"], _pct(tv["agreement"]), _num(tv["kappa"])],
         ["top tier vs sound (yes/no)", top["n"], _pct(top["agreement"]), _num(top["kappa"])],
+        ["right answer: tier above the bottom vs sound or right-but-unsound", fig["right_answer"]["n"],
+         _pct(fig["right_answer"]["agreement"]), _num(fig["right_answer"]["kappa"])],
     ]
     rows += [[f"  {kind} rationales: tier vs label", a["n"], _pct(a["agreement"]), _num(a["kappa"])]
              for kind, a in fig["by_kind"].items()]
@@ -49,6 +51,9 @@ def review_section(run, published, config, plot_dir) -> list:
         f"reward-model score {_num(rw['auroc'])} (n={rw['n']}"
         + ("" if rw["n"] else "; no cached scores: `sml review RUN --scores --json` computes them") + ").",
         "note"))
+    if fig["by_outcome"]:
+        blocks.append(Table(["kind/outcome (the checks)"] + [LABEL_TEXT[c] for c in conf["cols"]],
+                            [[key] + [counts[c] for c in conf["cols"]] for key, counts in fig["by_outcome"].items()]))
     if fig.get("n_stale"):
         blocks.append(Para(f"{fig['n_stale']} labels point at rationales that changed or are gone; left out.",
                            "warn"))

@@ -56,8 +56,8 @@ class ReviewData:
         for label in labels:
             if self.is_current(label):
                 row = self.by_rid[label["rid"]]
-                kept.append({**label, "tier": row["tier"], "kind": row["kind"], "top_tier": self.top_tier,
-                             "bottom_tier": self.bottom_tier})
+                kept.append({**label, "tier": row["tier"], "kind": row["kind"], "outcome": row["outcome"],
+                             "top_tier": self.top_tier, "bottom_tier": self.bottom_tier})
         return kept, len(labels) - len(kept)
 
 
