@@ -194,10 +194,10 @@ def test_single_run_report(tmp_path):
     assert "KL to the SFT model went 0.100 -> 4.000" in md and "No failure signature in the PPO log" in md
     assert "could not be built" not in md and "Nothing missing" in md
 
-    # plots: 4 valid PNGs, linked from the Markdown, every one embedded in the HTML
+    # plots: 5 valid PNGs, linked from the Markdown, every one embedded in the HTML
     pngs = sorted((run / "plots").glob("*.png"))
-    assert [p.name for p in pngs] == ["accuracy.png", "ppo_curves.png", "response_length.png",
-                                      "reward_scores.png"]
+    assert [p.name for p in pngs] == ["accuracy.png", "ppo_curves.png", "ppo_signals.png",
+                                      "response_length.png", "reward_scores.png"]
     for p in pngs:
         check_png(p)
         assert f"](plots/{p.name})" in md

@@ -14,10 +14,14 @@ What is read, and who writes it:
     eval/sml_best_of_n/<dataset>/         rerank_metrics.json, rerank.jsonl                 reward.run_rerank
     rationales.sqlite                     counts per tier, pairs, leaks (rationale_stats)   rationales
     reward/run.json                       held-out pairwise accuracy, per tier gap, scores  reward
+    reward/validity.json, validity_samples.jsonl   AUROC of the score vs the checker   validity
     ppo/metrics.jsonl, ppo/run.json       one row per PPO iteration (+ eval rows), status   ppo.trainer
+    ppo_checker/metrics.jsonl, run.json   the same, PPO against the answer checker          ppo.trainer
+    stages.json, summary.json "refused"   why PPO's gate refused (no SML row then)          pipeline
 
 The modules, in the order the work flows: `config` (ReportConfig), `runs` (reading a run folder), `signals`
 (PPO's failure signatures), `blocks` (the blocks, their Markdown and HTML, number formatting), `plots`,
+`validity` and `ppo_signals` (the reward validity and PPO optimisation-signal parts), `paired` (paired tests),
 `single` (one run's report), `compare` (several runs side by side).
 """
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ReportConfig
-from .runs import MODELS, Run, _num
+from .runs import CONTROLS, MODELS, Run, _num, controls_configured
 
 
 @dataclass
@@ -197,7 +197,11 @@ def _has(cell: dict | None) -> bool:
 
 
 def _model_keys(run: Run) -> list[str]:
-    return list(MODELS) + sorted(k for k in run.accuracy if k not in MODELS)
+    """The model rows of a run's tables: every row of MODELS, but a control row only when the run asked for
+    it or has its numbers (a run without controls shows no empty control rows), then rows MODELS lacks."""
+    configured = controls_configured(run)
+    return ([k for k in MODELS if k not in CONTROLS or k in configured or run.accuracy.get(k)]
+            + sorted(k for k in run.accuracy if k not in MODELS))
 
 
 def _overlap(a: dict, b: dict) -> bool | None:

@@ -68,7 +68,7 @@ def _shown_path(path: Path) -> str:
 def _compare_runs(runs: list[Run]) -> list:
     """Which runs, and the settings in which their recorded configs differ."""
     rows = [[r.name, _shown_path(r.path), r.config.get("model") or "n/a", ", ".join(r.datasets) or "n/a",
-             _stages_done(r), ppo_overview(r)["status"] or ("not run" if not r.ppo_log else "n/a")]
+             _stages_done(r), _ppo_status(r)]
             for r in runs]
     header = ["run", "folder", "base model", "datasets", "stages done", "PPO"]
     blocks = [Heading(1, "Runs"), Table(header, rows)]
@@ -150,13 +150,20 @@ def _compare_training(runs: list[Run], config: ReportConfig) -> list:
         o = ppo_overview(r)
         found = {s.name for s in failure_signatures(r.ppo_log, **_thresholds(config))}
         rows.append([r.name, num(_get(r.reward, "metrics", "heldout", "pairwise_accuracy")),
-                     o["iterations"] or "n/a",
+                     num(_get(r.validity, "auroc")), o["iterations"] or "n/a",
                      num(_get(o, "score", "first")) + " -> " + num(_get(o, "score", "last")),
                      num(_get(o, "kl", "last")), num(_get(o, "entropy", "last")),
                      ", ".join(sorted(found)) or "none"])
     return [Heading(1, "Reward model and PPO"),
-            Table(["run", "RM held-out pairwise acc.", "PPO iterations", "RM score first -> last", "KL last",
+            Table(["run", "RM held-out pairwise acc.", "RM validity AUROC", "PPO iterations",
+                   "PPO score first -> last", "KL last",
                    "entropy last", "failure signatures"], rows)]
+
+
+def _ppo_status(run: Run) -> str:
+    if "ppo" in run.refused:
+        return "refused by its gate"
+    return ppo_overview(run)["status"] or ("not run" if not run.ppo_log else "n/a")
 
 
 def _stages_done(run: Run) -> str:

@@ -12,9 +12,10 @@ from .signals import _series
 
 
 COLORS = {"base": "#a0a0a0", "base_few_shot": "#5f5f5f", "sft": "#4c72b0", "sml": "#dd8452",
-          "sml_best_of_n": "#55a868"}
+          "ppo_checker": "#8172b3", "sft_round2": "#937860", "sml_best_of_n": "#55a868"}
 SHORT = {"base": "base\nzero-shot", "base_few_shot": "base\nfew-shot", "sft": "SFT", "sml": "SML",
-         "sml_best_of_n": "SML\nbest-of-N"}
+         "ppo_checker": "PPO vs\nchecker", "sft_round2": "SFT\nround 2", "sml_best_of_n": "SML\nbest-of-N"}
+RIGHT, WRONG = "#55a868", "#c44e52"  # samples the answer checker calls right / wrong
 _PUBLISHED_STYLES = [("black", "-"), ("#7b3294", ":"), ("#008837", "-.")]
 
 
@@ -111,7 +112,7 @@ def ppo_plot(rows: list[dict], path: Path, accuracy_label: str = "test accuracy"
     from matplotlib.ticker import MaxNLocator
 
     panels = [
-        ("ppo/score_mean", "reward-model score", "Reward", 1.0),
+        ("ppo/score_mean", "sequence score", "Score PPO maximises", 1.0),
         ("ppo/kl", "KL(policy || SFT), nats per sequence", "KL to the SFT model", 1.0),
         ("ppo/entropy", "entropy, nats per token", "Policy entropy", 1.0),
         ("eval/accuracy", f"{accuracy_label} (%)", accuracy_label[0].upper() + accuracy_label[1:], 100.0),
@@ -123,7 +124,7 @@ def ppo_plot(rows: list[dict], path: Path, accuracy_label: str = "test accuracy"
               if (r.get("guard/stop") or r.get("guard/rollback")) and _num(r.get("step")) is not None]
     for ax, (key, ylabel, title, scale) in zip(axes.flat, panels):
         series = _series(rows, key)
-        lines = [(series, "reward-model score" if key == "ppo/score_mean" else None, "C0")]
+        lines = [(series, "score" if key == "ppo/score_mean" else None, "C0")]
         if key == "ppo/score_mean":
             lines.append((_series(rows, "ppo/reward_mean"), "score - beta * KL", "C1"))
         for data, label, color in lines:
@@ -183,16 +184,101 @@ def reward_score_plot(run: Run, path: Path) -> Path | None:
             lo, hi = min(s for s, _ in scores), max(s for s, _ in scores)
             bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 10
             if right:
-                ax.hist(right, bins=bins, alpha=0.55, color="#55a868",
-                        label=f"correct answer (n={len(right)})")
+                ax.hist(right, bins=bins, alpha=0.55, color=RIGHT, label=f"correct answer (n={len(right)})")
             if wrong:
-                ax.hist(wrong, bins=bins, alpha=0.55, color="#c44e52", label=f"wrong answer (n={len(wrong)})")
+                ax.hist(wrong, bins=bins, alpha=0.55, color=WRONG, label=f"wrong answer (n={len(wrong)})")
             ax.set_title("Best-of-N test samples: score by correctness", fontsize=9)
             ax.set_xlabel("reward-model score")
             ax.set_ylabel("samples")
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle("Reward-model scores")
+    return _save(fig, path)
+
+
+def validity_plot(run: Run, path: Path) -> Path | None:
+    """The reward validity samples (fresh samples of the SFT policy as PPO draws them): histograms of the
+    reward-model score of the samples the answer checker calls right and of those it calls wrong."""
+    scores = run.validity_scores
+    if not scores:
+        return None
+    from ..metrics import auroc
+
+    right = [s for s, c in scores if c]
+    wrong = [s for s, c in scores if not c]
+    value = _num(_get(run.validity, "auroc"))
+    if value is None:  # no validity.json beside the samples: the same figure, from the samples
+        value = auroc([s for s, _ in scores], [c for _, c in scores])
+    lo, hi = min(s for s, _ in scores), max(s for s, _ in scores)
+    bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 10
+    fig, axes = _figure(7.0, 4.4)
+    ax = axes[0, 0]
+    for values, color, what in ((right, RIGHT, "right"), (wrong, WRONG, "wrong")):
+        if values:
+            ax.hist(values, bins=bins, alpha=0.55, color=color,
+                    label=f"answer {what} (n={len(values)}, mean {statistics.fmean(values):.2f})")
+    shown = "undefined" if value is None else f"{value:.3f}"
+    ax.set_title(f"Reward validity: AUROC {shown} (n={len(scores)} samples; 0.5 = chance)")
+    ax.set_xlabel("reward-model score")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# The panels of ppo_signals_plot: title, y label, (key, line style, name) per line, scale, reference line
+_SIGNAL_PANELS = (
+    ("Score PPO maximises", "sequence score", (("ppo/score_mean", "-", ""),), 1.0, None),
+    ("KL to the SFT model", "nats per sequence", (("ppo/kl", "-", ""),), 1.0, None),
+    ("Rollouts answered right", "% of rollouts", (("rollout/correct_frac", "-", ""),), 100.0, None),
+    ("Clip fraction and approx. KL", "per minibatch, averaged",
+     (("ppo/clipfrac", "-", "clipfrac"), ("ppo/approx_kl", "--", "approx_kl")), 1.0, None),
+    ("Rollouts cut at the token limit", "% of rollouts", (("rollout/truncated_frac", "-", ""),), 100.0, None),
+    ("Reward-model AUROC on the rollouts", "AUROC (0.5 = chance)", (("ppo/rm_auroc", "-", ""),), 1.0, 0.5),
+)
+
+
+def ppo_signals_plot(logs: list[tuple[str, list[dict], str]], path: Path) -> Path | None:
+    """2x3 panels of PPO's optimisation signals against the iteration, one colour per log (name, rows,
+    colour): SML's PPO and the PPO against the checker in the same panels."""
+    from matplotlib.ticker import MaxNLocator
+
+    logs = [(name, rows, color) for name, rows, color in logs if rows]
+    if not any(_series(rows, key) for _, rows, _ in logs for _, _, lines, _, _ in _SIGNAL_PANELS
+               for key, _, _ in lines):
+        return None
+    fig, axes = _figure(14.0, 7.6, 2, 3)
+    for ax, (title, ylabel, lines, scale, reference) in zip(axes.flat, _SIGNAL_PANELS):
+        drawn = False
+        for name, rows, color in logs:
+            for key, style, what in lines:
+                data = _series(rows, key)
+                if not data:
+                    continue
+                drawn = True
+                steps, values = [s for s, _ in data], [scale * v for _, v in data]
+                label = f"{name} {what}".strip()
+                if len(values) < 25:
+                    ax.plot(steps, values, linestyle=style, color=color, label=label,
+                            marker="o" if len(values) < 8 else None, markersize=3)
+                else:  # raw values faint, a moving average on top
+                    ax.plot(steps, values, linestyle=style, color=color, alpha=0.25, linewidth=0.8)
+                    ax.plot(steps, _smooth(values), linestyle=style, color=color,
+                            label=f"{label} (moving average)")
+        if reference is not None and drawn:
+            ax.axhline(reference, color="#777777", linestyle=":", linewidth=1)
+        if drawn:
+            ax.legend(fontsize=7)
+        else:  # a key logged only as NaN (rm_auroc when all rollouts agree) is not the same as no key
+            logged = any(key in r for _, rows, _ in logs for r in rows for key, _, _ in lines)
+            ax.text(0.5, 0.5, "undefined on every iteration" if logged else "not logged", ha="center",
+                    va="center", transform=ax.transAxes, color="#777777")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("PPO iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    fig.suptitle("PPO optimisation signals" + (" (" + ", ".join(n for n, _, _ in logs) + ")" if logs else ""))
     return _save(fig, path)
 
 

@@ -16,9 +16,18 @@ MODELS = {
     "base_few_shot": "base, few-shot CoT",
     "sft": "SFT on self-generated rationales",
     "sml": "SML (SFT + reward model + PPO)",
+    "ppo_checker": "PPO against the answer checker (verifiable-reward control)",
+    "sft_round2": "SFT round 2 (expert iteration on its own correct samples)",
     "sml_best_of_n": "SML + best-of-N (reward model picks)",
 }
 BEST_OF_N = "sml_best_of_n"
+# Rows a run has only when its config lists them in `controls` (pipeline.CONTROLS): off by default, so a run
+# without them lacks nothing.
+CONTROLS = ("ppo_checker", "sft_round2")
+# The model rows a refused stage leaves without numbers: PPO's gate refusing leaves no SML policy, and the
+# pipeline then evaluates no row built on it.
+REFUSED_ROWS = {"ppo": ("sml", BEST_OF_N), "ppo_checker": ("ppo_checker",)}
+STAGE_NAMES = {"ppo": "PPO", "ppo_checker": "PPO against the checker"}  # as the report's sentences name them
 
 
 @dataclass
@@ -38,6 +47,11 @@ class Run:
     rerank_scores: list = field(default_factory=list)  # (score, correct) of best-of-N samples
     ppo_log: list = field(default_factory=list)
     ppo_run: dict | None = None
+    checker_log: list = field(default_factory=list)  # ppo_checker/metrics.jsonl: PPO against the checker
+    checker_run: dict | None = None
+    refused: dict = field(default_factory=dict)  # stage -> the gate's reason (PPO refused to start)
+    validity: dict | None = None  # reward/validity.json (else summary.json's reward_validity)
+    validity_scores: list = field(default_factory=list)  # (score, correct) of reward/validity_samples.jsonl
     missing: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # files that could not be read
 
@@ -124,17 +138,48 @@ def load_run(run_dir: str | Path) -> Run:
             _load_eval_folder(run, model_dir.name, ds_dir)
     listed = [d for d in _get(run.summary, "datasets", default=[]) or [] if isinstance(d, str)]
     run.datasets = listed + sorted({d for cells in run.accuracy.values() for d in cells} - set(listed))
+    run.refused = _refusals(run)
     for key, label in MODELS.items():
         if not run.accuracy.get(key):
-            why = _not_configured(run, key)
-            run.missing.append(f"{label}: not configured in this run ({why})" if why
-                               else f"{label}: no evaluation (eval/{key}/)")
+            why, refused = _not_configured(run, key), refused_stage(run, key)
+            if key in CONTROLS and why:
+                continue  # a control the run did not ask for is not missing
+            if refused:
+                run.missing.append(f"{label}: no model, its stage was refused (stage {refused} below)")
+            else:
+                run.missing.append(f"{label}: not configured in this run ({why})" if why
+                                   else f"{label}: no evaluation (eval/{key}/)")
     _load_stages(run)
     return run
 
 
+def _refusals(run: Run) -> dict:
+    """stage -> reason, for stages whose gate refused to run (summary.json's "refused", else stages.json)."""
+    out = {}
+    for stage, info in run.stages.items():
+        if _get(info, "status") == "refused":
+            out[stage] = str(_get(info, "reason", default="") or "no reason recorded")
+    listed = run.summary.get("refused")
+    if isinstance(listed, dict):
+        out.update({str(k): str(v) for k, v in listed.items()})
+    return out
+
+
+def refused_stage(run: Run, key: str) -> str | None:
+    """The refused stage that left model row `key` without numbers (reason: run.refused[stage]), or None."""
+    return next((stage for stage, rows in REFUSED_ROWS.items() if key in rows and stage in run.refused), None)
+
+
+def controls_configured(run: Run) -> list[str]:
+    """The control rows the run's config asked for (`controls:`); runs from before controls have none."""
+    listed = run.config.get("controls")
+    return [c for c in listed if c in CONTROLS] if isinstance(listed, (list, tuple)) else []
+
+
 def _not_configured(run: Run, key: str) -> str | None:
     """Why a row has no numbers by design (the pipeline config turned it off), or None."""
+    if key in CONTROLS and key not in controls_configured(run):
+        return f"controls does not list {key}"
     if key == "base_few_shot" and run.config.get("few_shot_baseline") is False:
         return "few_shot_baseline is off"
     skipped = _get(run.stages, "best_of_n", "status") == "skipped"
@@ -177,7 +222,10 @@ def _load_eval_folder(run: Run, key: str, folder: Path) -> None:
 def _why_absent(run: Run, stage: str) -> str:
     """Why a stage's output is not in the folder: it has not run, or it ran and the folder is a copy
     without it (results keep only small files)."""
-    name = {"generate": "rationale", "ppo": "PPO"}.get(stage, stage)
+    names = {"generate": "rationale", "ppo": "PPO", "ppo_checker": "ppo_checker (PPO against the checker)"}
+    name = names.get(stage, stage)
+    if stage in run.refused:
+        return f"the {name} stage was refused by its gate: {run.refused[stage]}"
     if _get(run.stages, stage, "status") == "done":
         return f"the {name} stage ran (stages.json) but its output is not in this folder"
     return f"the {name} stage has not run"
@@ -196,18 +244,33 @@ def _load_stages(run: Run) -> None:
         missing.append(f"reward model: stage status '{run.reward.get('status', 'unknown')}', not finished")
     if not run.rerank_scores:  # the reward stage's own best-of-N, when the pipeline ran none
         run.rerank_scores = _rerank_scores(path / "reward" / "best_of_n" / "rerank.jsonl", notes)
+    validity = _read_json(path / "reward" / "validity.json", notes)
+    if not isinstance(validity, dict):  # a results copy may keep only the summary's subset
+        validity = run.summary.get("reward_validity")
+        validity = {**validity, "source": "summary.json"} if isinstance(validity, dict) and validity else None
+    run.validity = validity
+    for row in _read_jsonl(path / "reward" / "validity_samples.jsonl", notes):
+        if _num(row.get("score")) is not None and isinstance(row.get("correct"), bool):
+            run.validity_scores.append((float(row["score"]), row["correct"]))
     run.ppo_log = _read_jsonl(path / "ppo" / "metrics.jsonl", notes)
     run.ppo_run = _read_json(path / "ppo" / "run.json", notes)
-    if not run.ppo_log:
+    if not run.ppo_log and "ppo" not in run.refused:  # a refusal is listed once, with the stages
         missing.append(f"PPO log (ppo/metrics.jsonl): {_why_absent(run, 'ppo')}")
     if run.ppo_run is None:
         if run.ppo_log:
             missing.append("PPO record (ppo/run.json): PPO is running or was killed before it finished")
     elif run.ppo_run.get("status") != "finished":
         missing.append(f"PPO: stage status '{run.ppo_run.get('status', 'unknown')}', not finished")
+    run.checker_log = _read_jsonl(path / "ppo_checker" / "metrics.jsonl", notes)
+    run.checker_run = _read_json(path / "ppo_checker" / "run.json", notes)
+    if "ppo_checker" in controls_configured(run) and not run.checker_log and "ppo_checker" not in run.refused:
+        missing.append("ppo_checker's PPO log (ppo_checker/metrics.jsonl): "
+                       f"{_why_absent(run, 'ppo_checker')}")
     for stage, info in run.stages.items():
         status = _get(info, "status", default="unknown")
-        if status == "running":
+        if status == "refused":
+            missing.append(f"stage {stage}: refused by its gate: {run.refused.get(stage, 'no reason')}")
+        elif status == "running":
             missing.append(f"stage {stage}: started, not finished (running now, or stopped part-way)")
         elif status not in ("done", "skipped"):  # skipped: the config asks for nothing in this stage
             missing.append(f"stage {stage}: status '{status}'")

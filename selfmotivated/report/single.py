@@ -15,9 +15,14 @@ from .blocks import (
 )
 from .config import ReportConfig
 from .paired import paired_blocks
-from .plots import accuracy_plot, length_plot, ppo_plot, reward_score_plot
-from .runs import BEST_OF_N, MODELS, Run, _get, _num, _pick_before_after, _why_absent
+from .plots import COLORS, accuracy_plot, length_plot, ppo_plot, ppo_signals_plot, reward_score_plot
+from .ppo_signals import ppo_logs, signal_tables
+from .runs import (
+    BEST_OF_N, CONTROLS, MODELS, STAGE_NAMES, Run, _get, _num, _pick_before_after, _why_absent,
+    controls_configured, refused_stage,
+)
 from .signals import Signal, failure_signatures, _series, _thresholds
+from .validity import validity_blocks
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +100,7 @@ def _accuracy_section(run: Run, published, config, plot_dir) -> list:
     if not run.accuracy:
         return [Para("No evaluation results yet.", "warn")]
     datasets = run.datasets
-    rows = [[MODELS.get(k, k)] + [fmt_cell(run.accuracy.get(k, {}).get(d)) for d in datasets]
-            for k in _model_keys(run)]
+    rows = [[MODELS.get(k, k)] + [_accuracy_cell(run, k, d) for d in datasets] for k in _model_keys(run)]
     styles = [""] * len(rows)
     shown = _published_shown(config, published, datasets)
     for key in shown:
@@ -111,6 +115,15 @@ def _accuracy_section(run: Run, published, config, plot_dir) -> list:
              "'-' where the paper reports none. A cell marked * comes from an unfinished evaluation.",
              "note"),
     ]
+    for stage, reason in run.refused.items():
+        rows_left = [MODELS[k] for k in MODELS if refused_stage(run, k) == stage]
+        blocks.insert(1, Para(f"{STAGE_NAMES.get(stage, stage)} was refused by its gate, so there is no row "
+                              f"for {' nor '.join(rows_left)}: {reason}", "warn"))
+    absent = [k for k in CONTROLS if k not in controls_configured(run) and not run.accuracy.get(k)]
+    if absent:
+        names = ", ".join(absent)
+        blocks.append(Para(f"Control rows not in this run: {names} (`controls: [{names}]` in the run config "
+                           "trains and evaluates them from the same SFT start).", "note"))
     if shown:
         blocks.append(_published_sources(shown, published))
     else:
@@ -133,6 +146,14 @@ def _accuracy_section(run: Run, published, config, plot_dir) -> list:
                    Table(["dataset", "questions", "N", "first", "majority", "reward-model pick", "oracle",
                           "policy"], rows)]
     return blocks
+
+
+def _accuracy_cell(run: Run, key: str, dataset: str) -> str:
+    cell = run.accuracy.get(key, {}).get(dataset)
+    stage = refused_stage(run, key)
+    if stage and not cell:
+        return f"{STAGE_NAMES.get(stage, stage)} refused"  # the reason is under the table
+    return fmt_cell(cell)
 
 
 def _no_answer(cell: dict | None) -> str:
@@ -221,15 +242,15 @@ def _reward_section(run: Run, published, config, plot_dir) -> list:
             f"{pct(bon.get('best_of_n_accuracy'))}%, first sample {pct(bon.get('first_sample_accuracy'))}%, "
             f"majority vote {pct(bon.get('majority_vote_accuracy'))}%, oracle "
             f"{pct(bon.get('oracle_accuracy'))}%."))
-    return blocks
+    return blocks + validity_blocks(run, config, plot_dir)
 
 
-_PPO_ROWS = (  # key in the log, name in ppo_overview, label, digits
-    ("ppo/score_mean", "score", "reward-model score", 3),
-    ("ppo/reward_mean", "reward", "reward (score - beta * KL)", 3),
-    ("ppo/kl", "kl", "KL to the SFT model (nats per sequence)", 3),
-    ("ppo/entropy", "entropy", "entropy (nats per token)", 3),
-    ("rollout/response_length", "length", "rollout response length (tokens)", 1),
+_PPO_ROWS = (  # key in the log, name in ppo_overview
+    ("ppo/score_mean", "score"),
+    ("ppo/reward_mean", "reward"),
+    ("ppo/kl", "kl"),
+    ("ppo/entropy", "entropy"),
+    ("rollout/response_length", "length"),
 )
 
 
@@ -237,7 +258,7 @@ def ppo_overview(run: Run) -> dict:
     """First/last/min/max of the PPO log's main series and the test accuracies, for tables and facts."""
     rows = run.ppo_log
     out: dict = {"iterations": len(_series(rows, "ppo/score_mean"))}
-    for key, name, _, _ in _PPO_ROWS:
+    for key, name in _PPO_ROWS:
         values = [v for _, v in _series(rows, key)]
         if values:
             out[name] = {"first": values[0], "last": values[-1], "max": max(values), "min": min(values)}
@@ -256,22 +277,47 @@ def ppo_accuracy_label(run: Run) -> str:
 
 
 def _ppo_section(run: Run, published, config, plot_dir) -> list:
-    if not run.ppo_log:
-        return [Para(f"No PPO log (ppo/metrics.jsonl): {_why_absent(run, 'ppo')}.", "warn")]
-    o = ppo_overview(run)
-    rows = [[label] + [num(o[name][k], digits) for k in ("first", "last", "min", "max")]
-            for _, name, label, digits in _PPO_ROWS if name in o]
-    if "accuracy" in o:
-        first, best, last = (o["accuracy"][k] for k in ("first", "best", "last"))
-        rows.append([f"{ppo_accuracy_label(run)} (%)", f"{pct(first[1])} (step {first[0]})",
-                     f"{pct(last[1])} (step {last[0]})", "", f"{pct(best[1])} (step {best[0]})"])
-    status = o["status"] or "n/a (no ppo/run.json)"
-    blocks = [Para(f"{o['iterations']} iterations logged; status: {status}."),
-              Table(["", "first", "last", "min", "max"], rows)]
-    signal = _get(o, "result", "signal")
-    if signal:
-        message = _get(o, "result", "message", default="")
-        blocks.append(Para(f"The PPO guard stopped the run [{signal}]: {message}", "warn"))
+    blocks = []
+    if "ppo" in run.refused:
+        blocks.append(Para(f"PPO was refused by its reward-validity gate, so SML has no policy and no row: "
+                           f"{run.refused['ppo']}", "warn"))
+        gate = _get(run.stages, "ppo", "validity") or {}
+        if isinstance(gate, dict) and gate:
+            blocks.append(Para(
+                f"The gate read AUROC {num(gate.get('auroc')).replace('n/a', 'undefined')} on "
+                f"{gate.get('n', 'n/a')} samples "
+                f"({gate.get('n_correct', 'n/a')} right) of {gate.get('n_questions', 'n/a')} questions (the "
+                "reward section shows the whole validity report)."))
+    elif not run.ppo_log:
+        blocks.append(Para(f"No PPO log (ppo/metrics.jsonl): {_why_absent(run, 'ppo')}.", "warn"))
+    if "ppo_checker" in controls_configured(run) and not run.checker_log:
+        blocks.append(Para(f"No log of the PPO against the checker (ppo_checker/metrics.jsonl): "
+                           f"{_why_absent(run, 'ppo_checker')}.", "warn"))
+    logs = ppo_logs(run)
+    if not logs:
+        return blocks
+    label = ppo_accuracy_label(run)
+    control = (" 'PPO vs checker' is the control trained against the answer checker from the same SFT start."
+               if run.checker_log else "")
+    blocks.append(Para(
+        "PPO's optimisation signals over its iterations (first, last and mean of each iteration's "
+        f"value).{control} The score is what PPO maximises: the reward-model score and/or the checker's "
+        "reward, less the truncation penalty. A clip fraction of 0 on every iteration, or a KL that stays "
+        "near 0, means the policy barely moved:"))
+    blocks += signal_tables(run, label)
+    for name, _, record in logs:
+        signal = _get(record, "result", "signal")
+        if signal:
+            blocks.append(Para(f"{name}: the PPO guard stopped the run [{signal}]: "
+                               f"{_get(record, 'result', 'message', default='')}", "warn"))
+    if config.plots:
+        colors = {"SML's PPO": COLORS["sml"], "PPO vs checker": COLORS["ppo_checker"]}
+        path = ppo_signals_plot([(name, rows, colors[name]) for name, rows, _ in logs],
+                                plot_dir / "ppo_signals.png")
+        if path is not None:
+            blocks.append(Image(path, "PPO's optimisation signals by iteration: score, KL to the SFT "
+                                "model, share of rollouts right, clip fraction and approx. KL, share cut "
+                                "at the token limit, reward-model AUROC on the rollouts"))
     return blocks
 
 
@@ -282,7 +328,7 @@ def _plots_section(run: Run, published, config, plot_dir) -> list:
         (accuracy_plot(run, published, config.published, plot_dir / "accuracy.png"),
          "Test accuracy by stage and dataset; error bars: 95% Wilson interval; published: lines"),
         (ppo_plot(run.ppo_log, plot_dir / "ppo_curves.png", ppo_accuracy_label(run)),
-         f"PPO: reward-model score, KL to the SFT model, entropy and {ppo_accuracy_label(run)} by iteration"),
+         f"SML's PPO: the score it maximises, KL to the SFT model, entropy, {ppo_accuracy_label(run)}"),
         (reward_score_plot(run, plot_dir / "reward_scores.png"),
          "Reward-model scores: held-out rationales by tier, and best-of-N test samples by correctness"),
         (length_plot(run, plot_dir / "response_length.png"),
@@ -303,6 +349,12 @@ def _mean_length(run: Run, key: str, datasets: list[str]) -> tuple[float, float]
 # What the "what to look at" section compares: (model, against, wording when higher, when lower)
 _COMPARISONS = (
     ("sml", "sft", "SML beats SFT-only", "SML is below SFT-only"),
+    ("sml", "ppo_checker", "SML beats PPO against the answer checker",
+     "SML is below PPO against the answer checker"),
+    ("ppo_checker", "sft", "PPO against the answer checker beats SFT-only",
+     "PPO against the answer checker is below SFT-only"),
+    ("sft_round2", "sft", "SFT round 2 (expert iteration) beats SFT-only",
+     "SFT round 2 (expert iteration) is below SFT-only"),
     ("sft", "base", "SFT beats the base model (zero-shot CoT)",
      "SFT is below the base model (zero-shot CoT)"),
     (BEST_OF_N, "sml", "best-of-N beats SML's greedy answer", "best-of-N is below SML's greedy answer"),
@@ -392,6 +444,12 @@ def _data_facts(run: Run, config: ReportConfig) -> list[str]:
                          "noise, or worse, the opposite of correctness.")
         elif pa < 0.6:
             items.append("The reward model is barely better than chance: PPO against it has little signal.")
+    value = _num(_get(run.validity, "auroc"))
+    if value is not None:
+        verdict = ": no better than chance, PPO against it optimises noise." if value <= 0.5 else "."
+        items.append(f"On fresh samples of the policy PPO starts from, the reward-model score tells answers "
+                     f"the checker calls right from wrong with AUROC {value:.3f} "
+                     f"(n={_get(run.validity, 'n')}; 0.5 is chance){verdict}")
     before, after, common = _pick_before_after(run)
     if common:
         lb, fb = _mean_length(run, before, common)
@@ -408,7 +466,7 @@ def _data_facts(run: Run, config: ReportConfig) -> list[str]:
 def _ppo_facts(run: Run) -> list[str]:
     o, items = ppo_overview(run), []
     if "score" in o:
-        items.append(f"Over {o['iterations']} PPO iterations the reward-model score went "
+        items.append(f"Over {o['iterations']} PPO iterations the score PPO maximises went "
                      f"{o['score']['first']:.3f} -> {o['score']['last']:.3f}.")
     if "kl" in o:
         items.append(f"KL to the SFT model went {o['kl']['first']:.3f} -> {o['kl']['last']:.3f} nats per "
@@ -427,6 +485,8 @@ def _ppo_facts(run: Run) -> list[str]:
 def facts(run: Run, published: dict, config: ReportConfig) -> tuple[list[str], list[Signal]]:
     """Plain statements computed from the run, and the PPO failure signatures found in its log."""
     items = _accuracy_facts(run, published) + _data_facts(run, config)
+    items += [f"{STAGE_NAMES.get(stage, stage)} was refused by its gate: {reason}"
+              for stage, reason in run.refused.items()]
     signals = []
     if run.ppo_log:
         items += _ppo_facts(run)
@@ -434,6 +494,10 @@ def facts(run: Run, published: dict, config: ReportConfig) -> tuple[list[str], l
         if not any(s.name != "guard" for s in signals):
             items.append("No failure signature in the PPO log (reward rising while accuracy falls, KL "
                          "blow-up, entropy collapse, length collapse, NaN).")
+    # The control's log shows the same failures, except reward hacking: its reward is the checker itself.
+    signals += [Signal(s.name, s.step, f"PPO against the checker: {s.message}")
+                for s in failure_signatures(run.checker_log, **_thresholds(config))
+                if s.name != "reward_hacking"]
     return items, signals
 
 
