@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 from itertools import combinations
 from typing import Hashable, Iterable, Sequence
 
+from ..metrics import auroc  # one AUROC for the project: validity report, rollouts, people's labels
 from .store import LABELS
 
 SOUND = "sound"
@@ -37,29 +38,6 @@ def cohen_kappa(pairs: Iterable[tuple[Hashable, Hashable]]) -> float | None:
     if expected >= 1.0:
         return None
     return (observed - expected) / (1.0 - expected)
-
-
-def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
-    """Area under the ROC curve of `scores` for telling `positive` rows from the rest (ties count half).
-    O(n log n) by ranks: AUROC = (rank sum of positives - n_pos (n_pos + 1) / 2) / (n_pos n_neg)."""
-    if len(scores) != len(positive):
-        raise ValueError(f"{len(scores)} scores but {len(positive)} labels")
-    n_pos = sum(1 for p in positive if p)
-    n_neg = len(positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    ranks = [0.0] * len(scores)
-    i = 0
-    while i < len(order):  # tied scores share the mean of their ranks (1-based)
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    rank_sum = sum(r for r, p in zip(ranks, positive) if p)
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def tier_label(tier: int | None, top_tier: int | None, bottom_tier: int | None) -> str | None:
