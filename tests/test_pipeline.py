@@ -288,3 +288,17 @@ def test_ppo_refuses_a_reward_model_that_does_not_track_correctness(tmp_path, sm
     assert not (run / "eval" / "sml" / "synthetic_coin_flip" / "metrics.json").exists()
     assert not (run / "ppo" / "policy").exists()
     assert [r["action"] for r in plan_pipeline(strict, run)] == ["done"] * len(STAGES)
+
+
+def test_ppo_samples_as_many_tokens_as_the_final_evaluation(tmp_path):
+    from selfmotivated.pipeline import ppo_config
+
+    config = load_pipeline_config(DEMO)
+    assert ppo_config(config, tmp_path).max_new_tokens == config.ppo["max_new_tokens"]  # the preset's own
+    config.ppo = {k: v for k, v in config.ppo.items() if k != "max_new_tokens"}
+    config.eval = {**config.eval, "max_new_tokens": 77}
+    assert ppo_config(config, tmp_path).max_new_tokens == 77
+    config.eval = {k: v for k, v in config.eval.items() if k != "max_new_tokens"}
+    from selfmotivated.evaluate import EvalConfig
+
+    assert ppo_config(config, tmp_path).max_new_tokens == EvalConfig().max_new_tokens

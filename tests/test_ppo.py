@@ -618,6 +618,8 @@ def test_run_ppo_end_to_end(tiny_run_folders, tmp_path):
         "time/update",
     ):
         assert all(key in r and math.isfinite(r[key]) for r in train_rows), key
+    # The reward model's AUROC against correctness on each iteration's rollouts (nan when all agree).
+    assert all("ppo/rm_auroc" in r for r in train_rows)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "eval" / "step-0000002" / "predictions.jsonl").is_file()
     # The merged policy folder and the adapter on the SFT model are the same model.
