@@ -148,8 +148,17 @@ def pick_setting(rows: list[dict], band: tuple[float, float] = (0.25, 0.45), min
             fits.append((round(abs(acc - middle), 9), -pk, i))  # rounded: 0.30 and 0.40 are equally near 0.35
     band_text = f"greedy accuracy in {100 * low:.0f}-{100 * high:.0f}% and pass@{k} >= {min_pass:.2f}"
     if not fits:
-        return {"chosen": None, "label": None, "verdicts": verdicts,
-                "reason": f"no setting has {band_text}: try settings between the nearest ones"}
+        greedy = [r.get("greedy_accuracy") for r in rows if r.get("greedy_accuracy") is not None]
+        if greedy and min(greedy) > high:
+            hint = "every setting is too easy for the band: add harder ones"
+        elif greedy and max(greedy) < low:
+            hint = "every setting is too hard for the band: add easier ones"
+        elif any("pass@" in v and "band" not in v for v in verdicts):
+            hint = ("the settings in the band have too few right samples: an easier setting, more samples or a "
+                    "lower temperature")
+        else:
+            hint = "try settings between the nearest ones"
+        return {"chosen": None, "label": None, "verdicts": verdicts, "reason": f"no setting has {band_text}; {hint}"}
     best = min(fits)[2]
     others = len(fits) - 1
     return {"chosen": best, "label": rows[best]["label"], "verdicts": verdicts,

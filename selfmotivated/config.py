@@ -144,7 +144,8 @@ def config_from_args(cls, args: argparse.Namespace, yaml_values: dict | None = N
         if given is not _MISSING:
             # A mapping's flags add to (and override keys of) the YAML file's mapping.
             before = values.get(f.name)
-            values[f.name] = {**before, **given} if isinstance(given, dict) and isinstance(before, dict) else given
+            merge = isinstance(given, dict) and isinstance(before, dict)
+            values[f.name] = {**before, **given} if merge else given
     return build_config(cls, values, source)
 
 

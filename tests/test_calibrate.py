@@ -48,7 +48,9 @@ def test_pick_setting_on_hand_made_numbers():
     assert pick_setting([_row("a", 0.30, 0.80), _row("b", 0.40, 0.90)])["label"] == "b"
     # In the band but too few right samples, or right samples but outside the band: none chosen.
     none = pick_setting([_row("a", 0.30, 0.70), _row("b", 0.50, 0.95)])
-    assert none["chosen"] is None and "no setting has" in none["reason"]
+    assert none["chosen"] is None and "no setting has" in none["reason"] and "too few right samples" in none["reason"]
+    assert "too easy" in pick_setting([_row("a", 0.60, 0.9)])["reason"]
+    assert "too hard" in pick_setting([_row("a", 0.05, 0.9), _row("b", 0.1, 0.2)])["reason"]
     assert none["verdicts"] == ["pass@8 0.70 < 0.75", "greedy 50% above the band"]
     # The band and threshold are settings; keys read back from JSON are text.
     assert pick_setting([{"label": "x", "greedy_accuracy": 0.6, "pass_at": {"4": 0.5}}], (0.5, 0.7), 0.5,

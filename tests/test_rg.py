@@ -102,7 +102,8 @@ def test_our_checker_on_rg_golds_agrees_with_the_library_exact_matches(task):
         # default scorer credits in part): ours must accept every full match and reject the rest.
         candidates = [f" {gold} ", gold.upper(), gold.lower(), gold + "0", "1" + gold]
         if ex.answer_type == "number":
-            candidates += [gold + ".0", gold if gold.startswith("-") else f"+{gold}", f"{int(float(gold)):,}" if "." not in gold else gold]
+            candidates += [gold + ".0", gold if gold.startswith("-") else f"+{gold}",
+                           f"{int(float(gold)):,}" if "." not in gold else gold]
         for c in candidates:
             full = rg.library_score(c, ex) == 1.0
             if full and not _ours(f"The answer is {c}.", ex):
