@@ -41,6 +41,21 @@ def test_rg_options_sizes_and_determinism():
     assert rg.split_seed("chain_sum", "train", 0) != rg.split_seed("chain_sum", "test", 0)
 
 
+def test_rg_warns_when_distinct_questions_skew_a_mixed_setting(caplog):
+    # "1-2 digits" mixes 200 one-digit sums with 16,200 two-digit ones: 1,000 distinct test questions hold
+    # at most 200 one-digit ones (not half), and train, which skips test's questions, almost none.
+    mixed = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
+    with caplog.at_level("WARNING", logger="selfmotivated.data"):
+        train = _load("train", task_options=mixed, n_train=300, n_test=400)
+    one_digit = sum(1 for ex in train if re.search(r": \d [+-] \d =$", ex.question))
+    assert one_digit < 0.2 * len(train)  # the setting draws half
+    assert "under-represents its smallest parts" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="selfmotivated.data"):
+        _load(task_options={"min_terms": 2, "max_terms": 2, "min_digits": 3, "max_digits": 3}, n_test=300)
+    assert "under-represents" not in caplog.text
+
+
 def test_rg_no_question_in_both_splits_even_where_streams_collide():
     # 2 one-digit terms make only 200 different questions: the raw train stream repeats test questions,
     # and the loader must leave them out of train.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 
 from ..records import ANSWER_TYPES, Example
 from .common import DataError, parse_gold
@@ -45,6 +46,7 @@ TASKS = {
     "needle_haystack": ("text", "who, in a long list of statements, feels a given way about a thing"),
     "syllogism": ("yes_no", "does a conclusion follow from two premises (Yes/No)"),
 }
+log = logging.getLogger("selfmotivated.data")
 _SEED_RANGE = 2**31 - 10**8  # split seeds are below this, so seed + index stays a positive 31-bit int
 
 
@@ -141,6 +143,13 @@ def _stream(task: str, split: str, seed: int, options: dict, count: int, skip: s
         seen.add(entry["question"])
         items.append({**entry, "index": index})
         if len(items) == count:
+            repeats = index + 1 - count
+            if repeats > 0.1 * count:
+                # Distinct questions from a small space: its small parts (the 200 one-digit sums of "1-2 digits")
+                # run out first, so this split holds fewer of them than the setting draws.
+                log.warning("rg:%s %s: %d of %d draws repeated a question already taken; with options %s the "
+                            "question space is small, so this split under-represents its smallest parts (check the "
+                            "mix with `sml data show`)", task, split, repeats, index + 1, options)
             return items
     raise DataError(
         f"rg:{task}: only {len(items)} distinct {split} questions (after leaving out {len(skip)} of other "
