@@ -100,6 +100,7 @@ class _Row:
     length: int = 0  # tokens of this row (suffix + generated) whose keys/values are in its slot
     tokens: list[int] = field(default_factory=list)  # generated tokens
     logprobs: list[float] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
     generator: torch.Generator | None = None
     done: bool = False
 
@@ -309,14 +310,16 @@ class _Run:
         """Sample one token per row from (B, V) logits and mark rows that are finished."""
         params = self.params
         generators = [row.generator for row in rows] if params.temperature > 0 else None
-        tokens, logprobs = sample_next(logits, params, generators)
+        tokens, logprobs, entropies = sample_next(logits, params, generators)
         tokens = tokens.tolist()
         logprobs = logprobs.tolist() if logprobs is not None else None
+        entropies = entropies.tolist() if entropies is not None else None
         for b, row in enumerate(rows):
             token = tokens[b]
             row.tokens.append(token)
             if logprobs is not None:
                 row.logprobs.append(logprobs[b])
+                row.entropies.append(entropies[b])
             if token in self.eos_ids or len(row.tokens) >= params.max_new_tokens:
                 row.done = True
             elif params.stop:
@@ -340,6 +343,7 @@ class _Run:
                 self.results[row.prompt][row.sample] = finish_completion(
                     self.tokenizer, row.tokens, row.logprobs if self.params.return_logprobs else None,
                     self.params, self.eos_ids, len(self.encoded[row.prompt]),
+                    entropies=row.entropies if self.params.return_logprobs else None,
                 )
                 self.samples_done[row.prompt] += 1
                 if self.bar is not None and self.samples_done[row.prompt] == self.params.n:

@@ -54,7 +54,7 @@ class HFGenerator:
             return_dict_in_generate=True,
         )
         device = next(model.parameters()).device
-        raw: list[tuple[list[int], list[float] | None]] = []
+        raw: list[tuple[list[int], list[float] | None, list[float] | None]] = []
         bar = _progress_bar(len(prompts), progress)
         try:
             # A private RNG stream: the seed decides the samples, and the caller's global RNG is untouched.
@@ -71,16 +71,18 @@ class HFGenerator:
                         generation_config=config,
                     )
                     new = out.sequences[:, width:].tolist()  # (B, T_new), padded after EOS
-                    logprobs = None
+                    logprobs = entropies = None
                     if params.return_logprobs:  # out.logits: one raw (B, V) tensor per step
                         chosen = out.sequences[:, width:]  # (B, T_new)
                         scale = params.temperature if params.temperature > 0 else 1.0  # as the engine does
-                        logprobs = torch.stack([
-                            (step.float() / scale).log_softmax(-1).gather(-1, chosen[:, t, None])[:, 0]
-                            for t, step in enumerate(out.logits)
-                        ], dim=1).tolist()  # (B, T_new)
+                        log_p = [(step.float() / scale).log_softmax(-1) for step in out.logits]  # (B, V) each
+                        logprobs = torch.stack([lp.gather(-1, chosen[:, t, None])[:, 0] for t, lp in enumerate(log_p)],
+                                               dim=1).tolist()  # (B, T_new)
+                        entropies = torch.stack([-(lp.exp() * lp).nan_to_num().sum(-1) for lp in log_p],
+                                                dim=1).tolist()  # (B, T_new)
                     for b, ids in enumerate(new):
-                        raw.append((ids, logprobs[b] if logprobs is not None else None))
+                        raw.append((ids, logprobs[b] if logprobs is not None else None,
+                                    entropies[b] if entropies is not None else None))
                     if bar is not None:
                         done = len(raw) // params.n
                         bar.update(done - bar.n)
@@ -88,9 +90,10 @@ class HFGenerator:
             if bar is not None:
                 bar.close()
         results: list[list[Completion]] = [[] for _ in prompts]
-        for prompt_index, (ids, logprobs) in zip(rows, raw):
+        for prompt_index, (ids, logprobs, entropies) in zip(rows, raw):
             results[prompt_index].append(
-                finish_completion(tokenizer, ids, logprobs, params, eos_ids, len(encoded[prompt_index]))
+                finish_completion(tokenizer, ids, logprobs, params, eos_ids, len(encoded[prompt_index]),
+                                  entropies=entropies)
             )
         return results
 

@@ -88,11 +88,12 @@ def call_seed(params: SamplingParams) -> int:
 
 def sample_next(
     logits: torch.Tensor, params: SamplingParams, generators: Sequence[torch.Generator] | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Pick the next token of each row from (B, V) logits.
 
-    Returns (tokens (B,) long, logprobs (B,) float or None). With sampling, row b draws with
-    `generators[b]`, its own stream."""
+    Returns (tokens (B,) long, logprobs (B,) float or None, entropies (B,) float or None). With sampling, row
+    b draws with `generators[b]`, its own stream. With return_logprobs, the entropy of the same tempered
+    distribution comes along (PPO's entropy signal without another forward pass; B x V operations)."""
     logits = logits.float()
     if params.temperature == 0:
         tokens = logits.argmax(dim=-1)  # (B,)
@@ -100,11 +101,13 @@ def sample_next(
         probs = process_logits(logits, params.temperature, params.top_k, params.top_p).softmax(dim=-1)
         assert generators is not None and len(generators) == probs.shape[0]
         tokens = _inverse_cdf_sample(probs, generators)
-    logprobs = None
+    logprobs = entropies = None
     if params.return_logprobs:  # of the tempered distribution the token was drawn from (PPO's old log-probs)
         scale = params.temperature if params.temperature > 0 else 1.0
-        logprobs = torch.log_softmax(logits / scale, dim=-1).gather(-1, tokens[:, None])[:, 0]  # (B,)
-    return tokens, logprobs
+        log_p = torch.log_softmax(logits / scale, dim=-1)  # (B, V)
+        logprobs = log_p.gather(-1, tokens[:, None])[:, 0]  # (B,)
+        entropies = -(log_p.exp() * log_p).nan_to_num().sum(-1)  # (B,); 0 * -inf (a -inf logit) counts 0
+    return tokens, logprobs, entropies
 
 
 def _inverse_cdf_sample(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
@@ -133,9 +136,11 @@ def finish_completion(
     params: SamplingParams,
     eos_ids: set[int],
     prompt_tokens: int,
+    entropies: list[float] | None = None,
 ) -> Completion:
     """Turn raw new tokens into a Completion: cut after the first EOS (kept) or after the first stop
-    string (kept in the text; the tokens are cut to the shortest prefix whose text covers it)."""
+    string (kept in the text; the tokens are cut to the shortest prefix whose text covers it). Per-token
+    entropies, when given, go to `extra["entropies"]`, cut like the log-probs."""
     finish = "length"
     for i, token in enumerate(token_ids):
         if token in eos_ids:
@@ -154,5 +159,6 @@ def finish_completion(
         token_ids, text, finish = token_ids[:keep], text[:end], "stop"
     if logprobs is not None:
         logprobs = [float(x) for x in logprobs[: len(token_ids)]]
+    extra = {"entropies": [float(x) for x in entropies[: len(token_ids)]]} if entropies is not None else {}
     return Completion(text=text, token_ids=list(token_ids), finish_reason=finish, logprobs=logprobs,
-                      prompt_tokens=prompt_tokens)
+                      prompt_tokens=prompt_tokens, extra=extra)

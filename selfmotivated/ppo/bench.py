@@ -9,6 +9,14 @@ training one model on that batch.
 Each of the two runs happens in its own fresh process, so neither sees the other's memory. Peak memory
 is `torch.cuda.max_memory_allocated` on a GPU; on the CPU it is the process's peak resident size minus
 its size after imports (what the model and the run added), which also counts allocator slack.
+
+Speed (`--compare`, on by default; a third process): PPO as configured (sampler log-probs reused as the old
+ones, each prompt encoded once for its samples) against the plain path (a forward pass for the old
+log-probs, every row encoded whole), two trainers on two copies of the model in one process, their
+iterations interleaved (the order alternating) so that other load on the machine slows both alike. Both
+start from the same weights and seeds, so their first iterations sample the same rollouts. Reported:
+rollouts per second of each (timed iterations), `speedup` their ratio, and the same in CPU seconds of the
+process (steadier on a shared machine).
 """
 
 from __future__ import annotations
@@ -55,6 +63,11 @@ class BenchPPOConfig:
         default="engine", metadata={"help": "generation backend: engine or hf", "choices": ["engine", "hf"]}
     )
     seed: int = field(default=0, metadata={"help": "seed"})
+    compare: bool = field(default=True, metadata={
+        "help": "also time the plain path (old log-probs by a forward pass, no prompt sharing) interleaved with "
+                "the optimised one in one process: rollouts_per_second, baseline_rollouts_per_second, speedup"})
+    memory: bool = field(default=True, metadata={
+        "help": "measure PPO's peak memory against one SFT LoRA step (two more processes)"})
 
     def __post_init__(self):
         for name in (
@@ -78,21 +91,32 @@ def run_bench_ppo(config: BenchPPOConfig) -> dict:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
+    compared = ppo = None
     with tempfile.TemporaryDirectory(prefix="sml-bench-ppo-") as tmp:
         batch_file = Path(tmp) / "batch.json"
-        ppo = _in_process(ctx, _ppo_worker, asdict(config), str(batch_file))
-        sft = _in_process(ctx, _sft_worker, asdict(config), str(batch_file))
-    timed = ppo["iterations"]
+        if config.compare:
+            compared = _in_process(ctx, _compare_worker, asdict(config))
+        if config.memory:
+            ppo = _in_process(ctx, _ppo_worker, asdict(config), str(batch_file))
+            sft = _in_process(ctx, _sft_worker, asdict(config), str(batch_file))
+    run = ppo or compared["optimised"]
+    timed = run["iterations"]
+    samples = config.prompts_per_iteration * config.samples_per_prompt
     result = {
         "model": config.model,
-        "device": ppo["device"],
-        "dtype": ppo["dtype"],
-        "samples_per_iteration": config.prompts_per_iteration * config.samples_per_prompt,
+        "device": run["device"],
+        "dtype": run["dtype"],
+        "samples_per_iteration": samples,
         "mean_response_tokens": round(sum(r["rollout/response_length"] for r in timed) / len(timed), 1),
         "seconds_per_iteration": round(sum(r["time/iteration"] for r in timed) / len(timed), 3),
     }
     for name, key in PHASES:
         result[name] = round(sum(r[key] for r in timed) / len(timed), 3)
+    if compared is not None:
+        result.update(_speed_summary(compared, samples))
+    if ppo is None:
+        result["config"] = asdict(config)
+        return result
     result.update(
         {
             "ppo_peak_mb": round(ppo["peak_mb"], 1),
@@ -108,6 +132,27 @@ def run_bench_ppo(config: BenchPPOConfig) -> dict:
     return result
 
 
+def _speed_summary(compared: dict, samples: int) -> dict:
+    """rollouts/s of the optimised and the plain path from their interleaved timed iterations, and ratios."""
+    out = {}
+    for name, key in (("optimised", ""), ("baseline", "baseline_")):
+        rows = compared[name]["iterations"]
+        seconds = sum(r["time/iteration"] for r in rows)
+        cpu = sum(r["cpu/iteration"] for r in rows)
+        out[f"{key}rollouts_per_second"] = round(samples * len(rows) / seconds, 4)
+        out[f"{key}rollouts_per_cpu_second"] = round(samples * len(rows) / cpu, 4)
+        out[f"{key}phase_seconds"] = {
+            name: round(sum(r[k] for r in rows) / len(rows), 3) for name, k in PHASES + (("iteration", "time/iteration"),)}
+    out["speedup"] = round(out["rollouts_per_second"] / out["baseline_rollouts_per_second"], 3)
+    out["speedup_cpu"] = round(out["rollouts_per_cpu_second"] / out["baseline_rollouts_per_cpu_second"], 3)
+    out["same_first_rollouts"] = compared["same_first_rollouts"]
+    # How far the reused sampler log-probs are from a forward pass's (mean |difference| per token, both paths).
+    out["sampler_logprob_diff"] = compared["sampler_logprob_diff"]
+    out["baseline"] = "old log-probs by a forward pass, every row encoded whole (reuse_sampler_logprobs and " \
+                      "share_prompts off)"
+    return out
+
+
 def format_bench_ppo(r: dict) -> str:
     """Human summary printed by `sml bench ppo`."""
     lines = [
@@ -116,10 +161,21 @@ def format_bench_ppo(r: dict) -> str:
         f"  seconds per iteration {r['seconds_per_iteration']:.2f} = rollout {r['rollout_seconds']:.2f} + scoring "
         f"{r['scoring_seconds']:.2f} + reference/critic forward {r['forward_seconds']:.2f} + update "
         f"{r['update_seconds']:.2f} (+ bookkeeping)",
-        f"  peak memory ({r['memory_measure']}): PPO {r['ppo_peak_mb']:.0f} MB, one SFT LoRA step on the same batch "
-        f"{r['sft_peak_mb']:.0f} MB -> ratio {r['memory_ratio']} (target <= {r['memory_target_ratio']}); "
-        f"model weights {r['model_weights_mb']:.0f} MB",
     ]
+    if "speedup" in r:
+        b = r["baseline_phase_seconds"]
+        lines += [
+            f"  rollouts/s {r['rollouts_per_second']:.3f} against the plain path's {r['baseline_rollouts_per_second']:.3f}"
+            f" in the same process: {r['speedup']:.2f}x ({r['speedup_cpu']:.2f}x in CPU seconds)",
+            f"  plain path per iteration {b['iteration']:.2f} s = rollout {b['rollout_seconds']:.2f} + scoring "
+            f"{b['scoring_seconds']:.2f} + forward {b['forward_seconds']:.2f} + update {b['update_seconds']:.2f}; "
+            f"sampler vs forward log-probs: {r['sampler_logprob_diff']}",
+        ]
+    if "ppo_peak_mb" in r:
+        lines.append(
+            f"  peak memory ({r['memory_measure']}): PPO {r['ppo_peak_mb']:.0f} MB, one SFT LoRA step on the same "
+            f"batch {r['sft_peak_mb']:.0f} MB -> ratio {r['memory_ratio']} (target <= {r['memory_target_ratio']}); "
+            f"model weights {r['model_weights_mb']:.0f} MB")
     return "\n".join(lines)
 
 
@@ -199,6 +255,66 @@ def _setup(config: dict):
 
 
 def _ppo_worker(config: dict, batch_file: str) -> dict:
+    model, tokenizer, device, meter, weights_mb = _setup(config)
+    trainer = _trainer(config, model, tokenizer)
+    trainer.train()
+    peak = meter.peak_mb()
+    exp = trainer.last
+    items = []
+    for b in range(len(exp)):
+        ids = exp.sequences[b][exp.attention_mask[b].bool()].tolist()
+        n_prompt = int(exp.attention_mask[b, : exp.prompt_width].sum())
+        items.append({"ids": ids, "n_prompt": n_prompt})
+    Path(batch_file).write_text(json.dumps(items))
+    rows = [r for r in trainer.history if "time/iteration" in r][config["warmup"] :]
+    return {
+        "iterations": rows,
+        "peak_mb": peak,
+        "measure": meter.measure,
+        "device": device,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "weights_mb": weights_mb,
+    }
+
+
+PLAIN = {"reuse_sampler_logprobs": False, "share_prompts": False}  # the baseline of --compare
+
+
+def _compare_worker(config: dict) -> dict:
+    """The configured PPO and the plain path, one iteration each in turn (see the module docstring)."""
+    import copy
+
+    import torch
+
+    model, tokenizer, device, _, _ = _setup(config)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    plain_model = copy.deepcopy(model)
+    trainers = {"optimised": _trainer(config, model, tokenizer),
+                "baseline": _trainer(config, plain_model, tokenizer, PLAIN)}
+    first = {}
+    for step in range(config["warmup"] + config["iterations"]):
+        names = ["baseline", "optimised"] if step % 2 == 0 else ["optimised", "baseline"]
+        for name in names:
+            trainer = trainers[name]
+            cpu = time.process_time()
+            trainer.iteration()
+            trainer.history[-1]["cpu/iteration"] = time.process_time() - cpu
+            if step == 0:
+                first[name] = trainer.last.sequences
+    same = first["optimised"].shape == first["baseline"].shape and bool(
+        torch.equal(first["optimised"], first["baseline"]))
+    diffs = {name: [r["rollout/logprob_diff"] for r in t.history if "rollout/logprob_diff" in r]
+             for name, t in trainers.items()}
+    return {
+        name: {"iterations": [r for r in t.history if "time/iteration" in r][config["warmup"]:],
+               "device": device, "dtype": dtype}
+        for name, t in trainers.items()
+    } | {"same_first_rollouts": same,
+         "sampler_logprob_diff": {k: max(v) if v else None for k, v in diffs.items()}}
+
+
+def _trainer(config: dict, model, tokenizer, overrides: dict | None = None):
+    """A PPO trainer on `model` as `sml bench ppo` runs it (the reward model a fresh adapter, random head)."""
     import torch
 
     from ..data import DataConfig, load_examples
@@ -207,7 +323,7 @@ def _ppo_worker(config: dict, batch_file: str) -> dict:
     from .rewards import SharedRewardModel
     from .trainer import PPOConfig, PPOTrainer
 
-    model, tokenizer, device, meter, weights_mb = _setup(config)
+    torch.manual_seed(config["seed"])  # both trainers of --compare start from the same adapters and head
     lora = lora_config(config["lora_r"], 2 * config["lora_r"], 0.0, "all-linear")
     ac = build_actor_critic(model, "lora", lora)
     hidden = model.config.hidden_size
@@ -247,6 +363,7 @@ def _ppo_worker(config: dict, batch_file: str) -> dict:
         tensorboard=False,
         progress=False,
         seed=config["seed"],
+        **(overrides or {}),
     )
 
     class Recording(PPOTrainer):  # keeps the last rollout batch for the SFT step
@@ -254,27 +371,7 @@ def _ppo_worker(config: dict, batch_file: str) -> dict:
             self.last = exp
             return super().update(exp)
 
-    trainer = Recording(
-        ppo_config, ac, tokenizer, reward_fn, prompts, examples, stop_strings=stop_strings(tokenizer)
-    )
-    trainer.train()
-    peak = meter.peak_mb()
-    exp = trainer.last
-    items = []
-    for b in range(len(exp)):
-        ids = exp.sequences[b][exp.attention_mask[b].bool()].tolist()
-        n_prompt = int(exp.attention_mask[b, : exp.prompt_width].sum())
-        items.append({"ids": ids, "n_prompt": n_prompt})
-    Path(batch_file).write_text(json.dumps(items))
-    rows = [r for r in trainer.history if "time/iteration" in r][config["warmup"] :]
-    return {
-        "iterations": rows,
-        "peak_mb": peak,
-        "measure": meter.measure,
-        "device": device,
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "weights_mb": weights_mb,
-    }
+    return Recording(ppo_config, ac, tokenizer, reward_fn, prompts, examples, stop_strings=stop_strings(tokenizer))
 
 
 def _sft_worker(config: dict, batch_file: str) -> dict:

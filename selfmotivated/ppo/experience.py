@@ -3,11 +3,14 @@
     rollouts   = generate_rollouts(...)       # sample responses with the policy (generation engine)
     experience = make_experience(...)         # no-grad: old/ref log-probs, values, KL-shaped rewards, GAE
 
-(OpenRLHF's split; step 3, the PPO update, is in trainer.py.) The old log-probs are recomputed by a
-forward pass rather than taken from the sampler: PPO's ratio must compare the same computation before
-and after the update, and the sampler (a KV-cached decode, possibly another kernel or precision) can
-differ slightly. The difference is reported as `rollout/logprob_diff`; a large value means the
-sampler and the trained model disagree (wrong tokens, misaligned positions, or a stale model).
+(OpenRLHF's split; step 3, the PPO update, is in trainer.py.) The old log-probs are either recomputed by
+a forward pass (reuse_sampler_logprobs False) or taken from the sampler, which computed them for the tokens
+it drew from the same policy at the same temperature (ppo.reuse_sampler_logprobs, the default: one forward
+pass fewer per iteration, and the per-token entropy comes from the sampler too). The two differ by float
+rounding only (a KV-cached decode against a full pass: ~1e-6 in float32, tested), so the first
+minibatch's ratio is 1 to that precision rather than exactly. A forward pass reports the difference as
+`rollout/logprob_diff`; a large value means the sampler and the trained model disagree (wrong tokens,
+misaligned positions, a stale model, or reduced precision on a GPU, where a forward is the safer choice).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Rollout:
     finish_reason: str  # eos | stop | length
     example: object = None  # the training question (records.Example) when known
     group: int = 0  # which prompt of the batch: the samples of one question share it (group baseline)
+    sampler_entropies: list[float] | None = None  # the sampling distribution's entropy at each token
 
 
 @dataclass
@@ -126,6 +130,7 @@ def generate_rollouts(
                     finish_reason=c.finish_reason,
                     example=example,
                     group=group,
+                    sampler_entropies=c.extra.get("entropies"),
                 )
             )
     return rollouts
@@ -154,6 +159,7 @@ def make_experience(
     whiten: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = masked_whiten,
     batch_size: int = 8,
     advantage: str = "gae",
+    reuse_sampler_logprobs: bool = False,
 ) -> tuple[Experience, dict[str, float]]:
     """Experience from rollouts and their sequence scores (B,), and this process's rollout stats.
 
@@ -162,12 +168,20 @@ def make_experience(
     advantage "rloo": no critic; each row's return (score - beta * its summed KL) minus the mean return of
     the other samples of its question (`Rollout.group`), the same on every token of the row; `whiten` given
     divides by the advantages' standard deviation over this process's rows, keeping their sign.
+    reuse_sampler_logprobs: the old log-probs (and entropies) are the sampler's, when every rollout has them
+    (see the module docstring); else a forward pass computes them.
     """
     device = next(ac.parameters()).device
     seq, attn, mask, P = collate(rollouts, pad_id, device)
-    old_logprobs, entropy = _in_chunks(
-        ac.policy_logprobs, batch_size, seq, attn, prompt_width=P, with_entropy=True
-    )  # (B, T) each
+    reused = reuse_sampler_logprobs and all(
+        r.sampler_logprobs is not None and r.sampler_entropies is not None for r in rollouts)
+    if reused:
+        old_logprobs = _response_aligned([r.sampler_logprobs for r in rollouts], mask)  # (B, T)
+        entropy = _response_aligned([r.sampler_entropies for r in rollouts], mask)  # (B, T)
+    else:
+        old_logprobs, entropy = _in_chunks(
+            ac.policy_logprobs, batch_size, seq, attn, prompt_width=P, with_entropy=True
+        )  # (B, T) each
     (ref_logprobs,) = _in_chunks(ac.reference_logprobs, batch_size, seq, attn, prompt_width=P)  # (B, T)
     if advantage == "gae":
         (values,) = _in_chunks(ac.values, batch_size, seq, attn, prompt_width=P)  # (B, T)
@@ -224,13 +238,20 @@ def make_experience(
         # How much of the returns' variance the critic's rollout values explain (1 perfect, <= 0 useless).
         stats["ppo/explained_variance"] = _explained_variance(values, returns, mask)
         stats["ppo/returns_mean"] = masked_mean(returns, mask).item()
+    stats["rollout/sampler_logprobs_reused"] = float(reused)  # then the update's first minibatch checks them
     sampler = [r.sampler_logprobs for r in rollouts]
-    if all(s is not None for s in sampler):
-        from_sampler = torch.zeros_like(old_logprobs)
-        for b, s in enumerate(sampler):
-            from_sampler[b, : len(s)] = torch.tensor(s, dtype=from_sampler.dtype)
+    if not reused and all(s is not None for s in sampler):
+        from_sampler = _response_aligned(sampler, mask)
         stats["rollout/logprob_diff"] = masked_mean((from_sampler - old_logprobs).abs(), mask).item()
     return exp, stats
+
+
+def _response_aligned(values: Sequence[Sequence[float]], mask: torch.Tensor) -> torch.Tensor:
+    """Per-token lists (one per row, as long as its response) as a (B, T) float32 tensor, 0 on padding."""
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    for b, v in enumerate(values):
+        out[b, : len(v)] = torch.tensor(v, dtype=torch.float32)
+    return out
 
 
 def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

@@ -112,6 +112,8 @@ class SharedRewardModel:
             for p, r, f in zip(prompts, responses, finished, strict=True)
         ]
         device = self.head.linear.weight.device
+        if self.ac.share_prompts:
+            return self._score_grouped(prompts, seqs, pad, device)
         scores = []
         for start in range(0, len(seqs), self.batch_size):
             chunk = seqs[start : start + self.batch_size]
@@ -125,6 +127,28 @@ class SharedRewardModel:
             last = mask.sum(-1) - 1  # (b,) index of each row's last real token
             scores.append(self.head(h[torch.arange(len(chunk), device=device), last]))
         return torch.cat(scores).cpu()
+
+    def _score_grouped(self, prompts: Sequence[str], seqs: list[list[int]], pad: int, device) -> torch.Tensor:
+        """The same scores with each prompt encoded once per chunk for all its responses (shared_prefix.py).
+        Chunks hold whole prompts' responses (up to batch_size rows, a prompt with more is split)."""
+        from ..shared_prefix import grouped_last_hidden
+
+        by_prompt: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            by_prompt.setdefault(p, []).append(i)
+        pieces = [rows[k : k + self.batch_size] for rows in by_prompt.values()
+                  for k in range(0, len(rows), self.batch_size)]
+        chunks: list[list[list[int]]] = [[]]
+        for piece in pieces:
+            if chunks[-1] and sum(map(len, chunks[-1])) + len(piece) > self.batch_size:
+                chunks.append([])
+            chunks[-1].append(piece)
+        scores = torch.zeros(len(seqs))
+        for chunk in chunks:
+            with self.ac.adapter(REWARD):
+                h = grouped_last_hidden(self.ac.policy, [[seqs[i] for i in piece] for piece in chunk], pad, device)
+            scores[[i for piece in chunk for i in piece]] = self.head(h).float().cpu()
+        return scores
 
 
 class SeparateRewardModel:

@@ -20,6 +20,11 @@ How this simplifies the textbook algorithm, and why:
   question's other samples: the reward model only ever learned differences within a question, and a
   critic on a 2-core CPU costs a forward and a backward per row for a baseline that starts worse than
   a constant. advantage "gae" keeps the textbook critic, trained alone for its first iterations.
+- Speed without other maths (ppo.reuse_sampler_logprobs, ppo.share_prompts; tests pin both): the old
+  log-probs and entropies are the sampler's, which drew the tokens from the same policy at the same
+  temperature, so no forward pass recomputes them; every forward pass (reference, reward model, update)
+  encodes a question's prompt once for all its samples (shared_prefix.py), an update's micro-batches
+  holding a question's samples together. `sml bench ppo` times both against the plain path.
 - Distributed: each process samples and scores its own prompts; advantages are whitened with
   statistics over all processes; gradients are averaged by hand (one all-reduce of the flattened
   trainable gradients per optimizer step) rather than through DDP, which cannot follow two adapters
@@ -107,6 +112,20 @@ def reduce_stats(stats: dict[str, float], accelerator) -> dict[str, float]:
     return dict(zip(keys, values.tolist()))
 
 
+def _micro_batch_order(index: torch.Tensor, prompt_of: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """A minibatch's rows reordered for its micro-batches: the samples of a question side by side (its prompt
+    is then encoded once per micro-batch), questions by their longest response (less padding). The losses are
+    token means over the whole minibatch, so how its rows are split into micro-batches changes no number
+    beyond float rounding."""
+    rows = index.tolist()
+    longest: dict[int, int] = {}
+    for b in rows:
+        q = int(prompt_of[b])
+        longest[q] = max(longest.get(q, 0), int(lengths[b]))
+    rows.sort(key=lambda b: (longest[int(prompt_of[b])], int(prompt_of[b]), -int(lengths[b])))
+    return torch.tensor(rows, dtype=index.dtype)
+
+
 def prompt_order(n: int, seed: int, epoch: int) -> list[int]:
     """A seeded permutation of n prompts, new each epoch: the data order is a pure function of the step."""
     order = list(range(n))
@@ -170,6 +189,8 @@ class PPOTrainer:
             )
         self.out = Path(out) if out is not None else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        ac.share_prompts = config.share_prompts  # every forward pass of the roles (and a shared reward model)
+        self._check_sampler_logprobs = False  # set per iteration: old log-probs came from the sampler
         self.generator = make_generator(
             ac.policy, tokenizer, backend=config.backend, max_seqs=config.generation_batch_size
         )
@@ -287,11 +308,15 @@ class PPOTrainer:
             self.whiten,
             batch_size=config.micro_batch_size,
             advantage=config.advantage,
+            reuse_sampler_logprobs=config.reuse_sampler_logprobs,
         )
         timings["time/forward"] = time.perf_counter() - t
 
         # 3. train: PPO epochs over minibatches
         t = time.perf_counter()
+        # Old log-probs from the sampler: the first minibatch's forward (the policy before any step) measures
+        # how far they are from a forward pass's, as make_experience's forward otherwise does.
+        self._check_sampler_logprobs = exp_stats.get("rollout/sampler_logprobs_reused") == 1.0
         update_stats = self.update(experience)
         timings["time/update"] = time.perf_counter() - t
 
@@ -372,10 +397,18 @@ class PPOTrainer:
         train_actor = not (config.advantage == "gae" and self.state.step < config.critic_warmup_iterations)
         train_critic = config.advantage == "gae"
         epochs_done, minibatches, early_stop = 0, 0, False
+        prompt_of = self._prompt_ids(exp) if config.minibatch_by_question or config.share_prompts else None
         for _ in range(config.ppo_epochs):
-            order = torch.randperm(len(exp), generator=gen)
+            if config.minibatch_by_question:  # whole questions in a random order, their samples together
+                groups = torch.randperm(int(prompt_of.max()) + 1, generator=gen)
+                order = torch.cat([torch.nonzero(prompt_of == q)[:, 0] for q in groups.tolist()])
+            else:
+                order = torch.randperm(len(exp), generator=gen)
             for mb in order.split(config.mini_batch_size):
-                for k, v in self.minibatch_step(exp, mb, train_actor, train_critic).items():
+                if config.share_prompts:
+                    mb = _micro_batch_order(mb, prompt_of, exp.response_mask.sum(-1))
+                check = minibatches == 0 and self._check_sampler_logprobs
+                for k, v in self.minibatch_step(exp, mb, train_actor, train_critic, check).items():
                     sums[k].append(v)
                 minibatches += 1
                 if train_actor and config.target_kl:
@@ -393,10 +426,20 @@ class PPOTrainer:
         stats["ppo/critic_warmup"] = float(not train_actor)
         return stats
 
+    @staticmethod
+    def _prompt_ids(exp: Experience) -> torch.Tensor:
+        """(B,) which distinct prompt each row has (its question), numbered by first appearance."""
+        from ..shared_prefix import distinct_rows
+
+        P = exp.prompt_width
+        return distinct_rows(exp.sequences[:, :P], exp.attention_mask[:, :P])[1].cpu()
+
     def minibatch_step(self, exp: Experience, index: torch.Tensor, train_actor: bool = True,
-                       train_critic: bool = True) -> dict[str, float]:
+                       train_critic: bool = True, check_old_logprobs: bool = False) -> dict[str, float]:
         """One optimizer step on rows `index`, accumulated over micro-batches; returns its stats. Losses are
-        token means over the whole minibatch (each micro-batch adds its tokens' share)."""
+        token means over the whole minibatch (each micro-batch adds its tokens' share). check_old_logprobs (the
+        first step of an iteration, before which the policy is the one that sampled): also the mean absolute
+        difference of the forward's log-probs from exp.old_logprobs, `rollout/logprob_diff`."""
         config, ac = self.config, self.ac
         self.optimizer.zero_grad(set_to_none=True)
         stats: dict[str, float] = defaultdict(float)
@@ -421,6 +464,9 @@ class PPOTrainer:
                 # pg_stats are this micro-batch's token means; weigh them by its share of the tokens
                 stats["ppo/clipfrac"] += share * pg_stats["clipfrac"].item()
                 stats["ppo/approx_kl"] += share * pg_stats["approx_kl"].item()
+                if check_old_logprobs:
+                    diff = masked_sum((logprobs.detach() - mb.old_logprobs).abs(), mask)
+                    stats["rollout/logprob_diff"] += diff.item() / max(num_tokens, 1.0)
 
             if train_critic:
                 values = ac.values(seq, attn, P)  # (b, T)

@@ -1,0 +1,191 @@
+"""PPO's speed options are the same PPO: the sampler's log-probs and entropies are a forward pass's, a prompt
+encoded once for its samples gives a plain pass's states and gradients, and a whole run with the options on
+ends where the plain run ends (to float rounding)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_ppo import TARGETS, letter_reward, snapshot, toy_config, toy_prompts, toy_trainer  # noqa: E402
+
+from selfmotivated.generation import SamplingParams, make_generator  # noqa: E402
+from selfmotivated.ppo.actor_critic import build_actor_critic, lora_config  # noqa: E402
+from selfmotivated.ppo.core import entropy_from_logits  # noqa: E402
+from selfmotivated.ppo.experience import collate, generate_rollouts, make_experience  # noqa: E402
+from selfmotivated.ppo.rewards import SharedRewardModel  # noqa: E402
+from selfmotivated.tiny import build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def trained_ac(seed: int = 0):
+    """A LoRA actor-critic whose adapters are not zero: a policy away from the reference, with a peaked
+    output distribution (LoRA on the LM head too) whose entropy varies from token to token."""
+    model, tok = build_tiny_model()
+    ac = build_actor_critic(model, "lora", lora_config(8, 16, 0.0, TARGETS))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in ac.named_parameters():
+            if "lora_B" in name:
+                p.add_((2.0 if "lm_head" in name else 0.05) * torch.randn(p.shape, generator=g))
+    return ac, tok
+
+
+def sample(ac, tok, n_prompts=4, n=3, tokens=10, temperature=0.7, backend="engine"):
+    prompts = toy_prompts(tok, n_prompts)
+    params = SamplingParams(max_new_tokens=tokens, temperature=temperature, n=n, seed=11, return_logprobs=True)
+    generator = make_generator(ac.policy, tok, backend, max_seqs=16)
+    return generate_rollouts(generator, prompts, [None] * n_prompts, tok, params)
+
+
+@pytest.mark.parametrize("backend", ["engine", "hf"])
+def test_sampler_logprobs_and_entropies_are_a_forward_pass_s(backend):
+    ac, tok = trained_ac()
+    ac.temperature = 0.7
+    rollouts = sample(ac, tok, temperature=0.7, backend=backend)
+    seq, attn, mask, P = collate(rollouts, tok.pad_token_id)
+    with torch.no_grad():
+        logprobs, _ = ac.policy_logprobs(seq, attn, P)  # (B, T), logits / 0.7
+        entropy = entropy_from_logits(ac.policy_logits(seq, attn, P))  # (B, T)
+    for b, r in enumerate(rollouts):
+        n = len(r.response_ids)
+        assert len(r.sampler_logprobs) == len(r.sampler_entropies) == n
+        assert torch.allclose(torch.tensor(r.sampler_logprobs), logprobs[b, :n], atol=1e-4)
+        assert torch.allclose(torch.tensor(r.sampler_entropies), entropy[b, :n], atol=1e-4)
+    assert entropy[mask.bool()].std() > 1e-2  # entropies that vary, so agreeing means something
+
+
+def test_reused_sampler_logprobs_give_the_forward_s_experience():
+    ac, tok = trained_ac()
+    rollouts = sample(ac, tok, temperature=1.0)
+    score = letter_reward(None, [r.response for r in rollouts])
+    args = dict(kl_coef=0.1, advantage="rloo", batch_size=4)
+    forward, f_stats = make_experience(ac, rollouts, score, tok.pad_token_id, **args)
+    reused, r_stats = make_experience(ac, rollouts, score, tok.pad_token_id, reuse_sampler_logprobs=True, **args)
+    assert f_stats["rollout/sampler_logprobs_reused"] == 0 and r_stats["rollout/sampler_logprobs_reused"] == 1
+    assert f_stats["rollout/logprob_diff"] < 1e-5  # what the reused log-probs stand in for
+    mask = forward.response_mask.bool()
+    assert forward.kl[mask].abs().max() > 1e-3  # a policy away from the reference: the KL is not trivially 0
+    for name in ("old_logprobs", "kl", "rewards", "advantages"):
+        assert torch.allclose(getattr(forward, name), getattr(reused, name), atol=1e-4), name
+    assert r_stats["ppo/entropy"] == pytest.approx(f_stats["ppo/entropy"], abs=1e-4)
+    # A rollout without sampler log-probs (another backend) falls back to the forward pass.
+    rollouts[0].sampler_logprobs = None
+    fallback, stats = make_experience(ac, rollouts, score, tok.pad_token_id, reuse_sampler_logprobs=True, **args)
+    assert stats["rollout/sampler_logprobs_reused"] == 0
+    assert torch.equal(fallback.old_logprobs, forward.old_logprobs)
+
+
+def test_shared_prompts_give_the_plain_passes_states_and_gradients():
+    ac, tok = trained_ac()
+    rollouts = sample(ac, tok, n_prompts=3, n=3, tokens=9, temperature=1.0)
+    for b, r in enumerate(rollouts):  # responses of several lengths (as if some had ended): padding in both parts
+        r.response_ids = r.response_ids[: 9 - b % 4]
+    seq, attn, mask, P = collate(rollouts, tok.pad_token_id)
+    assert len({tuple(r.prompt_ids) for r in rollouts}) == 3 and len({len(r.response_ids) for r in rollouts}) > 1
+    m = mask.bool()
+    results = {}
+    for share in (False, True):
+        ac.share_prompts = share
+        ac.zero_grad(set_to_none=True)
+        logprobs, _ = ac.policy_logprobs(seq, attn, P)
+        (logprobs[m] * torch.linspace(-1, 1, int(m.sum()))).sum().backward()
+        with torch.no_grad():
+            results[share] = {"policy": logprobs.detach(), "reference": ac.reference_logprobs(seq, attn, P),
+                              "values": ac.values(seq, attn, P),
+                              "grads": {n: p.grad.clone() for n, p in ac.named_parameters() if p.grad is not None}}
+    plain, shared = results[False], results[True]
+    for key in ("policy", "reference", "values"):
+        assert torch.allclose(plain[key][m], shared[key][m], atol=1e-5), key
+    assert plain["grads"].keys() == shared["grads"].keys() and plain["grads"]
+    for name, g in plain["grads"].items():  # float rounding of other matmul shapes, relative to the gradient
+        assert (g - shared["grads"][name]).norm() <= 1e-5 * g.norm() + 1e-7, name
+    assert any(g.abs().max() > 1e-3 for g in plain["grads"].values())
+
+
+def test_shared_reward_model_scores_alike_with_and_without_prompt_sharing():
+    ac, tok = trained_ac()
+    lora = lora_config(4, 8, 0.0, "all-linear")
+    g = torch.Generator().manual_seed(3)
+    rm = SharedRewardModel(ac, tok, lora, {"weight": torch.randn(1, 64, generator=g), "bias": torch.zeros(1)},
+                           batch_size=4)
+    with torch.no_grad():
+        for name, p in ac.policy.named_parameters():
+            if ".reward." in name and "lora_B" in name:
+                p.normal_(0, 0.2, generator=g)
+    prompts = [p for p in toy_prompts(tok, 3) for _ in range(3)] + toy_prompts(tok, 5)[4:]  # 3 x 3, then 1
+    responses = ["The answer is yes.", "no", "Let me think", "a", "b c", "yes yes", "It is 4.", "four", "", "x"]
+    finished = [True, False, True, True, False, True, False, True, True, False]
+    ac.share_prompts = False
+    plain = rm(prompts, responses, finished=finished)
+    ac.share_prompts = True
+    shared = rm(prompts, responses, finished=finished)
+    assert plain.std() > 1e-2
+    assert torch.allclose(plain, shared, atol=1e-5)
+    assert ac.policy.active_adapter == "policy"
+
+
+def test_a_run_with_the_speed_options_ends_where_the_plain_run_ends():
+    settings = dict(advantage="rloo", samples_per_prompt=4, prompts_per_iteration=4, iterations=3, ppo_epochs=2,
+                    mini_batch_size=8, micro_batch_size=4, kl_coef=0.05)
+    runs = {}
+    for fast in (False, True):
+        trainer = toy_trainer(toy_config(reuse_sampler_logprobs=fast, share_prompts=fast, **settings))
+        before = snapshot(trainer.ac)
+        trainer.train()
+        runs[fast] = (trainer, before, snapshot(trainer.ac))
+    (plain, before, after_plain), (fast, _, after_fast) = runs[False], runs[True]
+    moved = [n for n in before if not torch.equal(before[n], after_plain[n])]
+    assert moved  # the runs trained, so ending alike means something
+    for n in moved:
+        assert torch.allclose(after_plain[n], after_fast[n], atol=1e-4), n
+    rows = {k: [r for r in t.history if "ppo/score_mean" in r] for k, (t, _, _) in runs.items()}
+    assert [r["ppo/score_mean"] for r in rows[False]] == pytest.approx([r["ppo/score_mean"] for r in rows[True]],
+                                                                      abs=1e-5)
+    assert all(r["rollout/sampler_logprobs_reused"] == 1 and r["rollout/logprob_diff"] < 1e-5 for r in rows[True])
+    assert all(r["ppo/entropy"] > 0 for r in rows[True])
+
+
+def test_minibatches_by_question_keep_a_question_s_samples_together():
+    config = toy_config(advantage="rloo", samples_per_prompt=4, prompts_per_iteration=4, iterations=1,
+                        mini_batch_size=8, micro_batch_size=4, minibatch_by_question=True)
+    trainer = toy_trainer(config)
+    seen = []
+    step = trainer.minibatch_step
+    trainer.minibatch_step = lambda exp, index, *a: (seen.append((exp, index.tolist())), step(exp, index, *a))[1]
+    trainer.train()
+    exp = seen[0][0]
+    prompt_of = trainer._prompt_ids(exp).tolist()
+    assert len(seen) == 2 * 2  # 16 samples in minibatches of 8, two epochs
+    for _, rows in seen:
+        questions = {prompt_of[b] for b in rows}
+        assert len(questions) == 2 and all(prompt_of.count(q) == rows_of(rows, prompt_of, q) for q in questions)
+        # micro-batches of 4 hold one question each: its prompt is encoded once for its samples
+        assert all(len({prompt_of[b] for b in rows[k:k + 4]}) == 1 for k in (0, 4))
+    assert sorted(b for _, rows in seen[:2] for b in rows) == list(range(16))  # an epoch sees every sample once
+
+
+def rows_of(rows, prompt_of, q):
+    return sum(prompt_of[b] == q for b in rows)
+
+
+def test_micro_batch_order_is_a_permutation_that_groups_questions():
+    from selfmotivated.ppo.trainer import _micro_batch_order
+
+    index = torch.tensor([5, 0, 3, 1, 4, 2])
+    prompt_of = torch.tensor([0, 1, 0, 1, 2, 2])
+    lengths = torch.tensor([3, 9, 4, 2, 1, 1])
+    order = _micro_batch_order(index, prompt_of, lengths).tolist()
+    assert sorted(order) == sorted(index.tolist())
+    assert [prompt_of[b].item() for b in order] == [2, 2, 0, 0, 1, 1]  # by each question's longest response
