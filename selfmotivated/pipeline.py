@@ -33,7 +33,9 @@ from .ppo.gate import RewardModelInvalid
 
 log = logging.getLogger(__name__)
 
-STAGES = ("baseline", "generate", "rank", "sft", "reward", "ppo", "ppo_checker", "sft_round2", "evaluate",
+# The controls (below) need only the SFT model and run before the reward model: that the loop can learn
+# against the answer checker is known before the learned reward is judged.
+STAGES = ("baseline", "generate", "rank", "sft", "ppo_checker", "sft_round2", "reward", "ppo", "evaluate",
           "best_of_n")
 # Stages that only measure a model: no later stage reads their output, so their settings (the test subset,
 # say) stay out of the fingerprint chain, and evaluating on more questions retrains nothing.

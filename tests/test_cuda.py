@@ -97,11 +97,13 @@ def test_demo_pipeline_runs_on_cuda(tmp_path):
     from selfmotivated.pipeline import STAGES, load_pipeline_config, run_pipeline, smoke_config
 
     config = smoke_config(load_pipeline_config(DEMO))
+    config.controls = ("ppo_checker", "sft_round2")
     run = tmp_path / "run"
     summary = run_pipeline(config, run)
     stages = json.loads((run / "stages.json").read_text())
     assert [s for s in STAGES if stages[s]["status"] == "done"] == list(STAGES)
-    assert set(summary["models"]) == {"base", "base_few_shot", "sft", "sml", "sml_best_of_n"}
+    assert set(summary["models"]) == {"base", "base_few_shot", "sft", "sml", "ppo_checker", "sft_round2",
+                                      "sml_best_of_n"}
     for stage in ("sft", "reward"):
         record = json.loads((run / stage / "run.json").read_text())
         assert record["distributed"]["device"].startswith("cuda"), (stage, record["distributed"])

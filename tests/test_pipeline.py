@@ -110,12 +110,13 @@ def test_plan_says_what_would_run_and_changes_nothing(tmp_path, smoke_run, capsy
     assert actions(plan_pipeline(config, run)) == ["done"] * len(STAGES)
     changed = plan_pipeline(dataclasses.replace(config, reward={**config.reward, "learning_rate": 1e-3}), run)
     # The plan names what changed: stages.json keeps each stage's settings beside its fingerprint.
-    assert actions(changed) == ["done"] * 4 + ["rerun (learning_rate changed)"] + \
-        ["rerun (an earlier stage changed)", "done", "done"] + ["rerun (an earlier stage changed)"] * 2
+    # The controls (after sft) read no reward model: done; the reward model and what follows it rerun.
+    assert actions(changed) == ["done"] * 6 + ["rerun (learning_rate changed)"] + \
+        ["rerun (an earlier stage changed)"] * 3
     more = plan_pipeline(dataclasses.replace(config, test_limit=6, eval={**config.eval, "max_new_tokens": 3}), run)
     assert more[0]["action"] == "rerun (data.limit, max_new_tokens changed)"
     assert actions(plan_pipeline(config, run, from_stage="ppo", until="evaluate")) == \
-        ["done"] * 5 + ["rerun (--from)"] * 4
+        ["done"] * 7 + ["rerun (--from)"] * 2
     assert actions(plan_pipeline(config, tmp_path / "new")) == ["run"] * len(STAGES)
     assert not (tmp_path / "new").exists()
     two = plan_pipeline(dataclasses.replace(config, rounds=2), tmp_path / "new")
@@ -147,7 +148,7 @@ def test_more_test_questions_rerun_only_the_evaluations(smoke_run):
         assert (after[stage][1] != before[stage][1]) == (stage in MEASURE_STAGES), stage
     changed = round_plan(dataclasses.replace(config, sft={**config.sft, "learning_rate": 1e-3}), run, 1, "")
     assert [s for s in STAGES if changed[s][1] != before[s][1]] == \
-        ["sft", "reward", "ppo", "ppo_checker", "sft_round2", "evaluate", "best_of_n"]
+        ["sft", "ppo_checker", "sft_round2", "reward", "ppo", "evaluate", "best_of_n"]
 
 
 def test_prompt_templates_reach_every_prompt_and_count_by_content(tmp_path, smoke_run):
