@@ -43,6 +43,11 @@ class BenchTrainConfig:
     matmul_sizes: str = field(default="1024,2048", metadata={"help": "square matmul sizes tried for the peak"})
     threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
     seed: int = field(default=0, metadata={"help": "seed of the synthetic batches"})
+    reward_pairs: bool = field(default=True, metadata={
+        "help": "also time reward-model training per pair with each prompt encoded once for its responses against "
+                "the plain path, in this process (reward_pair_speedup; see bench_reward_pairs.py)"})
+    pair_rounds: int = field(default=3, metadata={"help": "timed passes over the reward-pair batches per path"})
+    pair_questions: int = field(default=12, metadata={"help": "questions in the reward-pair data (4 a batch)"})
 
     def __post_init__(self):
         bad = [m for m in self.mode_list() if m not in MODES]
@@ -192,6 +197,13 @@ def run_bench_train(config: BenchTrainConfig) -> dict:
     for mode in config.mode_list():
         peaks.append(matmul_peak_gflops(sizes))
         result["modes"][mode] = _bench_mode(config, mode, accelerator)
+    if config.reward_pairs:
+        from .bench_reward_pairs import run_reward_pairs
+
+        result["reward_pairs"] = run_reward_pairs(config.model, accelerator, questions=config.pair_questions,
+                                                  rounds=config.pair_rounds,
+                                                  warmup=config.warmup, lora_r=config.lora_r, seed=config.seed)
+        result["reward_pair_speedup"] = result["reward_pairs"]["speedup"]
     peaks.append(matmul_peak_gflops(sizes))
     peak, peak_cpu = max(p for p, _ in peaks), max(c for _, c in peaks)
     result["matmul_peak_gflops"] = round(peak, 2)
@@ -224,4 +236,10 @@ def format_bench_train(result: dict) -> str:
             line += (f"  plain HF fwd+bwd: {100 * hf['peak_fraction']:.1f}% "
                      f"({100 * hf['cpu_time_peak_fraction']:.1f}% in CPU time)")
         lines.append(line)
+    if "reward_pairs" in result:
+        p = result["reward_pairs"]
+        lines.append(f"  reward model per pair: prompt shared {p['shared_seconds_per_pair']} s, plain "
+                     f"{p['plain_seconds_per_pair']} s -> {p['speedup']}x ({p['speedup_cpu']}x in CPU time, "
+                     f"{p['speedup_median']}x by medians); losses {p['loss_plain']} vs {p['loss_shared']} "
+                     f"[{p['questions']} questions x {p['responses_per_question']} responses, {p['pairs']} pairs]")
     return "\n".join(lines)

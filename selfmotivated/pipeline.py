@@ -239,6 +239,11 @@ def policy_dir(run: Path) -> Path:
     return run / "ppo" / "policy"
 
 
+# Settings that change how fast a stage runs, not what it produces (beyond float rounding; tested): changing one
+# reruns nothing.
+NOT_FINGERPRINTED = ("progress", "reuse_sampler_logprobs", "share_prompts", "share_prompt")
+
+
 def stage_settings(configs: list[tuple[str, object]], run: Path) -> list:
     """A stage's settings as plain JSON: per config its label and fields, with paths inside `run` (the top run
     folder, also for later rounds) made relative and prompt templates as a digest of their content."""
@@ -250,7 +255,7 @@ def stage_settings(configs: list[tuple[str, object]], run: Path) -> list:
         if isinstance(value, dict):
             # Prompt templates count by content: editing the file (or a new version of ours) reruns.
             return {k: templates_digest(v) if k == "templates" or k.endswith("_templates") else relative(v)
-                    for k, v in value.items() if k not in ("progress",)}
+                    for k, v in value.items() if k not in NOT_FINGERPRINTED}
         if isinstance(value, (list, tuple)):
             return [relative(v) for v in value]
         return value

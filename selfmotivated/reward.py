@@ -13,7 +13,9 @@ distinct response is scored once, and
 
     loss = mean over questions of  mean over its pairs (better b, worse w) of  -log sigmoid(r_b - r_w - m)
 
-with margin m = margin_per_tier_gap * (tier_b - tier_w) (Llama 2's margin idea, 0 by default).
+with margin m = margin_per_tier_gap * (tier_b - tier_w) (Llama 2's margin idea, 0 by default). All responses of a
+question start with its prompt, which is encoded once for them (share_prompt, shared_prefix.py): the same
+scores and gradients up to float rounding, 1.65x faster per pair on the default model's shapes.
 
 Data: rows with question_id, prompt, chosen, rejected, chosen_tier, rejected_tier, from a `sml generate`
 run folder (`rationales.load_pairs`) or a JSONL file. Held-out questions (seeded, by question id) give
@@ -76,6 +78,10 @@ class RewardConfig(TrainConfig):
         "help": "questions per micro-batch per process (all distinct responses of each question go in)"})
     margin_per_tier_gap: float = field(default=0.0, metadata={
         "help": "margin in the pairwise loss per tier of difference: -logsigmoid(r_b - r_w - m * gap)"})
+    share_prompt: bool = field(default=True, metadata={
+        "help": "encode a question's prompt once for all its responses (the same scores and gradients up to float "
+                "rounding, tested; with lora_dropout > 0 the responses share one dropout draw on the prompt); "
+                "one process without gradient checkpointing, else every response is encoded with its prompt"})
     save_merged: bool = field(default=False, metadata={
         "help": "LoRA: save the adapter merged into a full sequence-classification folder"})
     bon_n: int = field(default=0, metadata={
@@ -298,6 +304,32 @@ def reward_scores(model, input_ids, attention_mask):
     return per_token[torch.arange(per_token.shape[0], device=per_token.device), last, 0].float()
 
 
+def reward_scores_shared(model, items: Sequence[dict], pad_id: int, device=None):
+    """`reward_scores` of every response of the questions (items' "seqs", in order), (S,), with the tokens all
+    responses of a question start with (its prompt) encoded once for them (shared_prefix.py). Returns (scores,
+    computed real tokens, computed positions)."""
+    from .shared_prefix import grouped_last_hidden
+
+    head = _score_head(model)
+    if head is None:
+        raise ValueError("sharing the prompt needs a per-token score head (`score`); use share_prompt false")
+    groups = [it["seqs"] for it in items]
+    hidden, tokens, positions = grouped_last_hidden(model, groups, pad_id, device, with_counts=True)  # (S, H)
+    return head(hidden)[:, 0].float(), tokens, positions
+
+
+def reward_loss_shared(model, items: Sequence[dict], pad_id: int, margin_per_tier_gap: float = 0.0, device=None):
+    """`reward_loss` on the same questions, each prompt encoded once for its responses (RewardConfig.share_prompt).
+    Its "tokens"/"positions" stats count what was computed (the prompt once per question)."""
+    batch = collate_groups(items, pad_id, margin_per_tier_gap, device)  # the pairs; the padded ids go unused
+    scores, tokens, positions = reward_scores_shared(model, items, pad_id, device)
+    losses, diff = pairwise_losses(scores, batch)
+    loss = question_mean(losses, batch["question"], batch["n_questions"])
+    stats = {"loss": loss.item(), "accuracy": (diff > 0).float().mean().item(), "tokens": float(tokens),
+             "positions": float(positions), "pairs": float(diff.numel())}
+    return loss, stats
+
+
 def pairwise_losses(scores, batch: dict):
     """Per-pair loss -logsigmoid(r_b - r_w - margin), (P,), and the margin-free difference r_b - r_w."""
     import torch.nn.functional as F
@@ -374,7 +406,7 @@ def describe(values: Sequence[float]) -> dict:
 
 
 def evaluate_pairs(model, items: Sequence[dict], batches: Sequence[list[int]], accelerator, pad_id: int,
-                   margin_per_tier_gap: float) -> dict:
+                   margin_per_tier_gap: float, share_prompt: bool = False) -> dict:
     """Held-out metrics; each process scores its share of the question batches, results are gathered."""
     from accelerate.utils import gather_object
 
@@ -382,7 +414,10 @@ def evaluate_pairs(model, items: Sequence[dict], batches: Sequence[list[int]], a
     for b, counts in deal_eval(batches, accelerator.num_processes, accelerator.process_index):
         group = [items[i] for i in b]
         batch = collate_groups(group, pad_id, margin_per_tier_gap, accelerator.device)
-        scores = reward_scores(model, batch["input_ids"], batch["attention_mask"])
+        if share_prompt:
+            scores = reward_scores_shared(model, group, pad_id, accelerator.device)[0]
+        else:
+            scores = reward_scores(model, batch["input_ids"], batch["attention_mask"])
         losses, diff = pairwise_losses(scores, batch)
         if not counts:
             continue
@@ -584,15 +619,20 @@ def run_reward(config: RewardConfig) -> dict:
     plan_epoch, plan = plan_training_steps(train, cost, config, accelerator, "questions")
     steps_per_epoch, total_steps = plan["steps_per_epoch"], plan["total_steps"]
     pad_id = tokenizer.pad_token_id
+    # The shared-prompt pass calls the decoder body directly: DDP's forward (gradient sync) and gradient
+    # checkpointing (no cache in training) need the model's own forward.
+    share = config.share_prompt and accelerator.num_processes == 1 and not config.gradient_checkpointing
 
     def loss_fn(model, group):
+        if share:
+            return reward_loss_shared(model, group, pad_id, config.margin_per_tier_gap, accelerator.device)
         return reward_loss(model, collate_groups(group, pad_id, config.margin_per_tier_gap, accelerator.device))
 
     val_batches = length_grouped_batches([sum(len(s) for s in it["seqs"]) for it in val], config.batch_size,
                                          config.seed, 0)
 
     def evaluate(model) -> dict:
-        return evaluate_pairs(model, val, val_batches, accelerator, pad_id, config.margin_per_tier_gap)
+        return evaluate_pairs(model, val, val_batches, accelerator, pad_id, config.margin_per_tier_gap, share)
 
     optimizer = make_optimizer(model, config, config.learning_rate)
     scheduler = make_scheduler(optimizer, config, total_steps)

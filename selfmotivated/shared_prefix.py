@@ -108,11 +108,12 @@ def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     return min(len(os.path.commonprefix([list(s) for s in seqs])), min(len(s) for s in seqs) - 1)
 
 
-def grouped_last_hidden(model, groups: Sequence[Sequence[Sequence[int]]], pad_id: int,
-                        device=None) -> torch.Tensor:
+def grouped_last_hidden(model, groups: Sequence[Sequence[Sequence[int]]], pad_id: int, device=None,
+                        with_counts: bool = False):
     """State at the last token of every sequence of every group, (sum of group sizes, H), in order; the tokens
     all sequences of a group start with (their prompt) encoded once per group. A group of one sequence, or
-    with nothing in common, is encoded whole (its 'prefix' is its first token)."""
+    with nothing in common, is encoded whole (its 'prefix' is its first token). with_counts: also the real
+    tokens and the positions (padding included) the two passes computed."""
     prefixes, suffixes, row_prefix = [], [], []
     for q, seqs in enumerate(groups):
         n = max(common_prefix_length(seqs), 1)
@@ -130,4 +131,8 @@ def grouped_last_hidden(model, groups: Sequence[Sequence[Sequence[int]]], pad_id
     _, hidden = prefix_shared_hidden(model, prefix_ids, prefix_mask, torch.tensor(row_prefix, device=device),
                                      suffix_ids, suffix_mask)
     last = suffix_mask.sum(-1) - 1  # (S,)
-    return hidden[torch.arange(len(suffixes), device=hidden.device), last]
+    states = hidden[torch.arange(len(suffixes), device=hidden.device), last]
+    if not with_counts:
+        return states
+    tokens = sum(map(len, prefixes)) + sum(map(len, suffixes))
+    return states, tokens, prefix_mask.numel() + suffix_mask.numel()

@@ -157,29 +157,6 @@ def test_a_run_with_the_speed_options_ends_where_the_plain_run_ends():
     assert all(r["ppo/entropy"] > 0 for r in rows[True])
 
 
-def test_minibatches_by_question_keep_a_question_s_samples_together():
-    config = toy_config(advantage="rloo", samples_per_prompt=4, prompts_per_iteration=4, iterations=1,
-                        mini_batch_size=8, micro_batch_size=4, minibatch_by_question=True)
-    trainer = toy_trainer(config)
-    seen = []
-    step = trainer.minibatch_step
-    trainer.minibatch_step = lambda exp, index, *a: (seen.append((exp, index.tolist())), step(exp, index, *a))[1]
-    trainer.train()
-    exp = seen[0][0]
-    prompt_of = trainer._prompt_ids(exp).tolist()
-    assert len(seen) == 2 * 2  # 16 samples in minibatches of 8, two epochs
-    for _, rows in seen:
-        questions = {prompt_of[b] for b in rows}
-        assert len(questions) == 2 and all(prompt_of.count(q) == rows_of(rows, prompt_of, q) for q in questions)
-        # micro-batches of 4 hold one question each: its prompt is encoded once for its samples
-        assert all(len({prompt_of[b] for b in rows[k:k + 4]}) == 1 for k in (0, 4))
-    assert sorted(b for _, rows in seen[:2] for b in rows) == list(range(16))  # an epoch sees every sample once
-
-
-def rows_of(rows, prompt_of, q):
-    return sum(prompt_of[b] == q for b in rows)
-
-
 def test_micro_batch_order_is_a_permutation_that_groups_questions():
     from selfmotivated.ppo.trainer import _micro_batch_order
 
@@ -189,3 +166,16 @@ def test_micro_batch_order_is_a_permutation_that_groups_questions():
     order = _micro_batch_order(index, prompt_of, lengths).tolist()
     assert sorted(order) == sorted(index.tolist())
     assert [prompt_of[b].item() for b in order] == [2, 2, 0, 0, 1, 1]  # by each question's longest response
+
+
+def test_speed_options_count_in_no_stage_fingerprint(tmp_path):
+    from selfmotivated.pipeline import stage_settings
+    from selfmotivated.ppo.config import PPOConfig
+    from selfmotivated.reward import RewardConfig
+
+    assert stage_settings([("ppo", PPOConfig())], tmp_path) == stage_settings(
+        [("ppo", PPOConfig(reuse_sampler_logprobs=False, share_prompts=False))], tmp_path)
+    assert stage_settings([("reward", RewardConfig())], tmp_path) == stage_settings(
+        [("reward", RewardConfig(share_prompt=False))], tmp_path)
+    assert stage_settings([("ppo", PPOConfig())], tmp_path) != stage_settings([("ppo", PPOConfig(top_p=0.9))],
+                                                                              tmp_path)

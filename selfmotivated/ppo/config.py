@@ -122,18 +122,14 @@ class PPOConfig:
     target_kl: float = field(default=0.05, metadata={
         "help": "stop an iteration's updates after the minibatch whose approx KL(old || new) per token "
                 "exceeds this (0: off)"})
-    # -- speed (each is the same PPO up to float rounding; off: the plain path, `sml bench ppo`'s baseline)
+    # -- speed (each is the same PPO up to float rounding, so neither counts in a stage's fingerprint; off: the
+    #    plain path, `sml bench ppo`'s baseline)
     reuse_sampler_logprobs: bool = field(default=True, metadata={
         "help": "take the old log-probs and entropies from the sampler (the same policy and temperature; they "
                 "match a forward pass to float rounding, tested) instead of a forward pass"})
     share_prompts: bool = field(default=True, metadata={
         "help": "encode a question's prompt once for all its samples in every forward pass (reference, reward "
                 "model, update), micro-batches holding a question's samples together"})
-    minibatch_by_question: bool = field(default=False, metadata={
-        "help": "draw minibatches as whole questions (all samples of one together) rather than single samples, "
-                "so prompt sharing also applies in the update when mini_batch_size < the rollouts of an "
-                "iteration; with rloo each minibatch's advantages then balance within its questions (another "
-                "draw of minibatches, so another trajectory: off by default)"})
     # -- answer-based reward terms (ablations, off by default)
     correct_bonus: float = field(default=0.0, metadata={
         "help": "added to the score when the response's final answer matches the training question's gold"})

@@ -397,13 +397,9 @@ class PPOTrainer:
         train_actor = not (config.advantage == "gae" and self.state.step < config.critic_warmup_iterations)
         train_critic = config.advantage == "gae"
         epochs_done, minibatches, early_stop = 0, 0, False
-        prompt_of = self._prompt_ids(exp) if config.minibatch_by_question or config.share_prompts else None
+        prompt_of = self._prompt_ids(exp) if config.share_prompts else None
         for _ in range(config.ppo_epochs):
-            if config.minibatch_by_question:  # whole questions in a random order, their samples together
-                groups = torch.randperm(int(prompt_of.max()) + 1, generator=gen)
-                order = torch.cat([torch.nonzero(prompt_of == q)[:, 0] for q in groups.tolist()])
-            else:
-                order = torch.randperm(len(exp), generator=gen)
+            order = torch.randperm(len(exp), generator=gen)
             for mb in order.split(config.mini_batch_size):
                 if config.share_prompts:
                     mb = _micro_batch_order(mb, prompt_of, exp.response_mask.sum(-1))
