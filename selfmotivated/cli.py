@@ -181,7 +181,10 @@ def _add_run(sub):
     p.add_argument("--rounds", type=int, help="rounds of the method (overrides the config's `rounds`): round r "
                                              "regenerates rationales with round r-1's SML model")
     p.add_argument("--plan", action="store_true", help="print what would run, resume, rerun or be skipped, "
+                                                       "with each stage's estimated tokens and minutes on this "
+                                                       "machine (its rates measured once, ~30 s, and cached), "
                                                        "and change nothing")
+    p.add_argument("--reprobe", action="store_true", help="with --plan: measure this machine's rates again")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_pipeline)
 
@@ -200,14 +203,19 @@ def _run_pipeline(args):
     if args.plan:
         from .pipeline import plan_pipeline
 
-        rows = plan_pipeline(config, out, from_stage=args.from_stage, until=args.until)
+        from .estimate import plan_with_estimate
+
+        rows, estimate, note = plan_with_estimate(config, plan_pipeline(config, out, from_stage=args.from_stage,
+                                                                        until=args.until), args.until, args.reprobe)
         if args.json:
             print(json.dumps(rows, indent=2))
             return
         for row in rows:
             took = f" (took {row['seconds_before'] / 60:.1f} min)" if row["seconds_before"] is not None else ""
             where = f"round {row['round']} " if config.rounds > 1 else ""
-            print(f"{where}{row['stage']:<11} {row['action']}{took}")
+            guess = f"{row['estimated_minutes']:.1f} min" if row.get("estimated_minutes") is not None else ""
+            print(f"{where}{row['stage']:<11} {row['action'] + took:<44} {guess}")
+        print(note)
         print(f"run folder: {out}")
         return
     summary = run_pipeline(config, out, from_stage=args.from_stage, until=args.until)

@@ -388,6 +388,9 @@ def run_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | None
             raise ValueError(f"{name} {value!r} is not a stage; stages: {', '.join(STAGES)}")
     run = Path(out).resolve()
     run.mkdir(parents=True, exist_ok=True)
+    from .estimate import write_estimate
+
+    write_estimate(config, run, until)  # RUN/estimate.json when this machine's rates are cached (`--plan`)
     import yaml
 
     # A later round needs the whole round before it: with --until only round 1 runs.

@@ -81,6 +81,7 @@ def _header_section(run: Run, published, config, plot_dir) -> list:
             [[name, _get(i, "status", default="n/a"), fmt_seconds(_get(i, "seconds")),
               _get(i, "fingerprint", default="n/a")] for name, i in run.stages.items()]
             + [["total", "", fmt_seconds(total), ""]]))
+        blocks += _estimate_blocks(run)
     else:
         blocks.append(Para("No stage record (neither summary.json nor stages.json lists stages).", "note"))
     if run.config:
@@ -88,6 +89,26 @@ def _header_section(run: Run, published, config, plot_dir) -> list:
         blocks.append(Code(json.dumps(run.config, indent=2, default=str),
                            f"Resolved pipeline config (from {source}):"))
     return blocks
+
+
+def _estimate_blocks(run: Run) -> list:
+    """The plan made when the run began (RUN/estimate.json, `selfmotivated.estimate`) beside what each stage took."""
+    from ..estimate import estimate_beside_actual
+
+    rows = estimate_beside_actual(run.path)
+    if not rows:
+        return []
+
+    def minutes(m):
+        return "n/a" if m is None else f"{m:.1f} min"
+
+    def ratio(r):
+        return f"{r['minutes'] / r['estimated_minutes']:.2f}" if r["minutes"] and r["estimated_minutes"] else "n/a"
+
+    return [Para("Estimated before the run (this machine's measured rates; every response at its token limit and "
+                 "every rationale kept, so an upper bound) beside what each stage took:"),
+            Table(["stage", "estimated", "took", "took / estimated"],
+                  [[r["stage"], minutes(r["estimated_minutes"]), minutes(r["minutes"]), ratio(r)] for r in rows])]
 
 
 def _mtime(path: Path) -> str:

@@ -1,0 +1,124 @@
+"""A run's cost before it starts: work per stage from the config, minutes from this machine's (here: fixed)
+rates, the rates cached once, and the estimate beside what each stage took in the report."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from selfmotivated.estimate import (
+    ESTIMATE_FILE, Throughput, Work, cached_throughput, estimate_beside_actual, estimate_pipeline,
+    load_throughput, plan_with_estimate, write_estimate,
+)
+from selfmotivated.pipeline import STAGES, load_pipeline_config, smoke_config
+
+DEMO = Path(__file__).parent.parent / "configs" / "demo.yaml"
+RATES = Throughput(forward_tokens_per_s=400.0, lora_tokens_per_s=100.0, full_tokens_per_s=50.0,
+                   decode_tokens_per_s={"16": 80.0, "64": 160.0}, measured="fixed for the tests")
+
+
+def demo(**changes):
+    config = smoke_config(load_pipeline_config(DEMO))  # tiny-random: its tokenizer is built locally
+    return dataclasses.replace(config, **changes)
+
+
+def by_stage(estimate):
+    return {r["stage"]: r for r in estimate["stages"] if r["round"] == 1}
+
+
+def test_decoding_time_follows_the_rows_in_flight():
+    # 80 tok/s at 16 rows = 0.2 s a step; 160 at 64 = 0.4 s: a line through them
+    assert RATES.step_seconds(16) == pytest.approx(0.2) and RATES.step_seconds(64) == pytest.approx(0.4)
+    assert RATES.step_seconds(40) == pytest.approx(0.3)
+    work = Work()
+    work.generate(rows=128, tokens=10, width=64)  # 20 steps of 64 rows
+    work.forward_tokens, work.lora_tokens, work.full_tokens = 400, 100, 50
+    assert work.generated_tokens == 1280
+    assert work.seconds(RATES) == pytest.approx(20 * 0.4 + 1 + 1 + 1)
+    work.model_loads = 3  # loading and saving models costs the probe's load time each
+    assert work.seconds(dataclasses.replace(RATES, load_seconds=2.0)) == pytest.approx(20 * 0.4 + 3 + 3 * 2.0)
+    few = Work()
+    few.generate(rows=4, tokens=10, width=64)  # 4 rows never fill 64 slots: 10 steps of 4 rows
+    assert few.seconds(RATES) == pytest.approx(10 * RATES.step_seconds(4))
+
+
+def test_stage_work_follows_the_settings():
+    base = by_stage(estimate_pipeline(demo(), RATES))
+    assert [s for s in STAGES if s in base] == [s for s in STAGES if s not in ("ppo_checker", "sft_round2")]
+    config = demo()
+    ppo = config.ppo
+    # PPO: iterations x prompts x samples rollouts at the token limit (no periodic eval in the smoke config)
+    assert base["ppo"]["generated_tokens"] == ppo["iterations"] * ppo["prompts_per_iteration"] * \
+        ppo["samples_per_prompt"] * ppo["max_new_tokens"]
+    twice = by_stage(estimate_pipeline(demo(ppo={**ppo, "iterations": 2 * ppo["iterations"]}), RATES))
+    assert twice["ppo"]["minutes"] == pytest.approx(2 * base["ppo"]["minutes"], rel=1e-3)
+    assert twice["sft"] == base["sft"]  # other stages do not move
+    # The plain path (old log-probs by a forward pass, prompts encoded per sample) costs more forward tokens.
+    plain = by_stage(estimate_pipeline(demo(ppo={**ppo, "reuse_sampler_logprobs": False,
+                                                 "share_prompts": False}), RATES))
+    assert plain["ppo"]["forward_tokens"] > base["ppo"]["forward_tokens"]
+    assert plain["ppo"]["minutes"] > base["ppo"]["minutes"]
+    # Generation: questions x rationales per question x token limit; more free samples, more tokens.
+    gen = config.generate
+    n = config.train_limit
+    per_q = gen["n_free"] + gen["n_gold"] + gen["n_wrong"]
+    assert base["generate"]["generated_tokens"] == n * per_q * (gen["max_new_tokens"] + 16)  # + answer forcing
+    controls = by_stage(estimate_pipeline(demo(controls=("ppo_checker", "sft_round2")), RATES))
+    assert controls["ppo_checker"]["forward_tokens"] < controls["ppo"]["forward_tokens"]  # no reward model
+    assert controls["sft_round2"]["generated_tokens"] == base["ppo"]["generated_tokens"]  # PPO's rollout budget
+    slower = Throughput(**{**dataclasses.asdict(RATES), "full_tokens_per_s": 25.0})
+    assert by_stage(estimate_pipeline(demo(), slower))["sft"]["minutes"] > base["sft"]["minutes"]  # full SFT
+
+
+def test_rates_are_measured_once_then_read_from_the_cache(tmp_path):
+    calls = []
+
+    def probe(model, dtype="auto", device="auto"):
+        calls.append(model)
+        return RATES
+
+    cache = tmp_path / "throughput.json"
+    assert cached_throughput("tiny-random", cache=cache) is None
+    assert load_throughput("tiny-random", probe=probe, cache=cache) == RATES
+    assert load_throughput("tiny-random", probe=probe, cache=cache) == RATES
+    assert calls == ["tiny-random"]
+    load_throughput("tiny-random", probe=probe, cache=cache, refresh=True)
+    assert len(calls) == 2 and cached_throughput("tiny-random", cache=cache) == RATES
+
+
+def test_plan_rows_get_estimates_and_a_failed_probe_leaves_the_plan_alone(tmp_path):
+    from selfmotivated.pipeline import plan_pipeline
+
+    config = demo()
+    rows, estimate, note = plan_with_estimate(config, plan_pipeline(config, tmp_path / "run"),
+                                              probe=lambda *a, **k: RATES)
+    assert all(r["estimated_minutes"] is not None for r in rows if r["action"] != "skipped")
+    assert "min for what would run" in note and f"{estimate['total_minutes']:.1f} min for every stage" in note
+
+    def broken(*a, **k):
+        raise RuntimeError("no model here")
+
+    rows, estimate, note = plan_with_estimate(config, plan_pipeline(config, tmp_path / "run"), refresh=True,
+                                              probe=broken)
+    assert estimate is None and "no estimate: RuntimeError: no model here" in note
+    assert all("estimated_minutes" not in r for r in rows)
+
+
+def test_the_report_sets_the_estimate_beside_what_each_stage_took(tmp_path, monkeypatch):
+    from selfmotivated.report import make_report
+
+    run = tmp_path / "run"
+    cache = tmp_path / "throughput.json"
+    assert write_estimate(demo(), run, cache=cache) is None  # no rates cached: nothing written, nothing probed
+    load_throughput("tiny-random", probe=lambda *a, **k: RATES, cache=cache)
+    estimate = write_estimate(demo(), run, cache=cache)
+    assert json.loads((run / ESTIMATE_FILE).read_text())["total_minutes"] == estimate["total_minutes"]
+    assert write_estimate(demo(), run, cache=cache) is None  # a resumed run keeps the plan it began with
+    (run / "stages.json").write_text(json.dumps({"ppo": {"status": "done", "seconds": 90.0, "fingerprint": "x"}}))
+    rows = {r["stage"]: r for r in estimate_beside_actual(run)}
+    assert rows["ppo"]["minutes"] == 1.5 and rows["ppo"]["estimated_minutes"] == by_stage(estimate)["ppo"]["minutes"]
+    assert rows["sft"]["minutes"] is None  # not run yet
+    make_report([str(run)])
+    text = (run / "report.md").read_text()
+    assert "Estimated before the run" in text and "took / estimated" in text
