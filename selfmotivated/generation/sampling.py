@@ -4,10 +4,11 @@ The rules follow Hugging Face `generate` exactly so that backends agree:
 - greedy (temperature 0) takes the argmax of the raw logits;
 - sampling applies temperature, then top-k, then top-p (HF's warper order), then draws from the
   softmax of what is left;
-- a returned log-probability is `log_softmax(raw logits)[token]`: temperature 1 and no top-k/top-p
-  filter, whatever the sampling settings. PPO needs the log-probability of the token under the policy
-  itself, not under the truncated distribution it was drawn from, so the filters are deliberately
-  left out (a filtered-out token could not have been drawn, so its value never matters).
+- a returned log-probability is `log_softmax(logits / temperature)[token]` (temperature 1 when greedy)
+  with no top-k/top-p filter, and the entropy of that same distribution comes with it. PPO takes
+  log-probs and KL of the policy at its sampling temperature, not of the truncated distribution the
+  token was drawn from, so the filters are deliberately left out (a filtered-out token could not have
+  been drawn, so its value never matters).
 """
 
 from __future__ import annotations
