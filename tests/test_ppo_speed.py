@@ -179,3 +179,15 @@ def test_speed_options_count_in_no_stage_fingerprint(tmp_path):
         [("reward", RewardConfig(share_prompt=False))], tmp_path)
     assert stage_settings([("ppo", PPOConfig())], tmp_path) != stage_settings([("ppo", PPOConfig(top_p=0.9))],
                                                                               tmp_path)
+
+
+def test_bench_ppo_times_the_plain_path_side_by_side():
+    from selfmotivated.ppo.bench import BenchPPOConfig, format_bench_ppo, run_bench_ppo
+
+    r = run_bench_ppo(BenchPPOConfig(model="tiny-random", iterations=1, warmup=1, prompts_per_iteration=2,
+                                     max_new_tokens=8, mini_batch_size=4, micro_batch_size=2, memory=False))
+    assert r["rollouts_per_second"] > 0 and r["baseline_rollouts_per_second"] > 0
+    assert r["speedup"] == pytest.approx(r["rollouts_per_second"] / r["baseline_rollouts_per_second"], rel=0.01)
+    assert r["same_first_rollouts"]  # same weights and seeds: the first iterations sample the same tokens
+    assert set(r["phase_seconds"]) == set(r["baseline_phase_seconds"]) and r["baseline"]
+    assert "ppo_peak_mb" not in r and "against the plain path" in format_bench_ppo(r)

@@ -169,7 +169,7 @@ def format_bench_ppo(r: dict) -> str:
             f" in the same process: {r['speedup']:.2f}x ({r['speedup_cpu']:.2f}x in CPU seconds)",
             f"  plain path per iteration {b['iteration']:.2f} s = rollout {b['rollout_seconds']:.2f} + scoring "
             f"{b['scoring_seconds']:.2f} + forward {b['forward_seconds']:.2f} + update {b['update_seconds']:.2f}; "
-            f"sampler vs forward log-probs: {r['sampler_logprob_diff']}",
+            f"sampler vs forward log-probs, mean |difference| per token (to 1e-6): {r['sampler_logprob_diff']}",
         ]
     if "ppo_peak_mb" in r:
         lines.append(
