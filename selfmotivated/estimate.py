@@ -170,8 +170,10 @@ def probe_throughput(model_name: str, dtype: str = "auto", device: str = "auto")
                                                   task_type="CAUSAL_LM"))
     lora = 256 / best(lambda: train_step(lora_model))
     return Throughput(forward_tokens_per_s=round(forward, 1), lora_tokens_per_s=round(lora, 1),
-                      full_tokens_per_s=round(full, 1), decode_tokens_per_s={str(k): round(v, 1) for k, v in decode.items()},
-                      measured=f"{time.strftime('%Y-%m-%d %H:%M')}, {model_name}, {torch.get_num_threads()} threads",
+                      full_tokens_per_s=round(full, 1),
+                      decode_tokens_per_s={str(k): round(v, 1) for k, v in decode.items()},
+                      measured=f"{time.strftime('%Y-%m-%d %H:%M')}, {model_name}, "
+                               f"{torch.get_num_threads()} threads",
                       load_seconds=round(load, 2))
 
 

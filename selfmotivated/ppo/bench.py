@@ -142,7 +142,8 @@ def _speed_summary(compared: dict, samples: int) -> dict:
         out[f"{key}rollouts_per_second"] = round(samples * len(rows) / seconds, 4)
         out[f"{key}rollouts_per_cpu_second"] = round(samples * len(rows) / cpu, 4)
         out[f"{key}phase_seconds"] = {
-            name: round(sum(r[k] for r in rows) / len(rows), 3) for name, k in PHASES + (("iteration", "time/iteration"),)}
+            name: round(sum(r[k] for r in rows) / len(rows), 3)
+            for name, k in PHASES + (("iteration", "time/iteration"),)}
     out["speedup"] = round(out["rollouts_per_second"] / out["baseline_rollouts_per_second"], 3)
     out["speedup_cpu"] = round(out["rollouts_per_cpu_second"] / out["baseline_rollouts_per_cpu_second"], 3)
     out["same_first_rollouts"] = compared["same_first_rollouts"]
@@ -165,7 +166,8 @@ def format_bench_ppo(r: dict) -> str:
     if "speedup" in r:
         b = r["baseline_phase_seconds"]
         lines += [
-            f"  rollouts/s {r['rollouts_per_second']:.3f} against the plain path's {r['baseline_rollouts_per_second']:.3f}"
+            f"  rollouts/s {r['rollouts_per_second']:.3f} against the plain path's "
+            f"{r['baseline_rollouts_per_second']:.3f}"
             f" in the same process: {r['speedup']:.2f}x ({r['speedup_cpu']:.2f}x in CPU seconds)",
             f"  plain path per iteration {b['iteration']:.2f} s = rollout {b['rollout_seconds']:.2f} + scoring "
             f"{b['scoring_seconds']:.2f} + forward {b['forward_seconds']:.2f} + update {b['update_seconds']:.2f}; "
