@@ -32,13 +32,7 @@ TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head"
 LETTERS = set("abcdefghijklmnopqrstuvwxyz")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two threads on a shared 2-core machine are slower than one for these tiny matmuls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one thread beats two on shared cores
 
 
 def letter_reward(prompts, responses):

@@ -21,12 +21,7 @@ from selfmotivated.ppo.rewards import SharedRewardModel  # noqa: E402
 from selfmotivated.tiny import build_tiny_model  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: one thread beats two on shared cores
 
 
 def trained_ac(seed: int = 0):
