@@ -282,7 +282,7 @@ def _train_tokens(cfg, examples: float, tokens_per_example: float) -> tuple[floa
 def stage_work(stage: str, configs: list, p: _Prompts, pipeline) -> Work:
     """The work of one stage's configs (see the module docstring)."""
     work = Work()
-    if stage in ("baseline", "evaluate"):
+    if stage in ("baseline", "evaluate", "transfer"):
         for _, cfg in configs:
             _eval_work(work, p, cfg)
     elif stage == "generate":

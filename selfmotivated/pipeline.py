@@ -36,10 +36,13 @@ log = logging.getLogger(__name__)
 # The controls (below) need only the SFT model and run before the reward model: that the loop can learn
 # against the answer checker is known before the learned reward is judged.
 STAGES = ("baseline", "generate", "rank", "sft", "ppo_checker", "sft_round2", "reward", "ppo", "evaluate",
-          "best_of_n")
+          "best_of_n", "transfer")
 # Stages that only measure a model: no later stage reads their output, so their settings (the test subset,
 # say) stay out of the fingerprint chain, and evaluating on more questions retrains nothing.
-MEASURE_STAGES = ("baseline", "evaluate", "best_of_n")
+MEASURE_STAGES = ("baseline", "evaluate", "best_of_n", "transfer")
+# The transfer test set of a dataset is evaluated into eval/<model>/<dataset><TRANSFER_SUFFIX>/, beside the
+# dataset's own, so the report and `sml compare` treat it as one more test dataset.
+TRANSFER_SUFFIX = "@transfer"
 # Control stages train a model beside SML from the same SFT start, to say what helped: their fingerprints
 # chain from the SFT stage only, and no later training stage reads them.
 CONTROL_STAGES = ("ppo_checker", "sft_round2")
@@ -68,6 +71,10 @@ class PipelineConfig:
         "help": "JSON file overriding our prompt templates, for every stage that builds prompts"})
     controls: tuple[str, ...] = field(default=(), metadata={
         "help": "control models trained and evaluated beside SML: " + "; ".join(f"{k}: {v}" for k, v in CONTROLS.items())})
+    transfer: dict = field(default_factory=dict, metadata={
+        "help": "a harder test set every model is also evaluated on, as data keys that differ from `data:` "
+                "(task_options merge key by key), e.g. {task_options: {max_terms: 3}}: does what a model learnt "
+                "carry one difficulty level up? Empty: no transfer evaluation"})
     rounds: int = field(default=1, metadata={
         "help": "rounds of the method: round r > 1 regenerates rationales with round r-1's SML model, then "
                 "runs rank, SFT (from that model), reward model, PPO and evaluation again in RUN/round-<r>"})
@@ -100,7 +107,7 @@ class PipelineConfig:
                 load_templates(self.templates)
             except (OSError, ValueError) as err:
                 raise type(err)(f"templates: {err}") from None
-        for section in SECTIONS:
+        for section in (*SECTIONS, "transfer"):
             if not isinstance(getattr(self, section), dict):
                 raise ValueError(f"section {section!r} must be a mapping of settings")
         for stage_name in STAGES:
@@ -125,6 +132,29 @@ def _data(config: PipelineConfig, dataset: str, split: str, limit: int | None) -
                                      "split": split, "limit": limit}, "data")
 
 
+def transfer_data(config: PipelineConfig, dataset: str) -> DataConfig:
+    """The transfer test set of `dataset`: its test split with `config.transfer` over the data settings."""
+    data = {**config.data, **config.transfer}
+    if "task_options" in config.transfer:
+        from .data import parse_task_options
+
+        data["task_options"] = {**parse_task_options(config.data.get("task_options") or {}),
+                                **parse_task_options(config.transfer["task_options"] or {})}
+    return build_config(DataConfig, {**data, "dataset": dataset, "data_dir": config.data_dir, "split": "test",
+                                     "limit": config.test_limit}, "transfer")
+
+
+def transfer_models(config: PipelineConfig, run: Path, round_: int = 1) -> list[tuple[str, Path | str]]:
+    """(row key, model) of every model the transfer stage evaluates, in the accuracy table's order."""
+    models = [("base", config.model)] if round_ == 1 else []
+    models += [("sft", run / "sft" / "model"), ("sml", policy_dir(run))]
+    if "ppo_checker" in config.controls:
+        models.append(("ppo_checker", run / "ppo_checker" / "policy"))
+    if "sft_round2" in config.controls:
+        models.append(("sft_round2", run / "sft_round2" / "model"))
+    return models
+
+
 def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1):
     """(label, config object) pairs a stage runs, with every path inside `run`. From round 2 on the base
     model is round r-1's SML model and the baseline is not evaluated again."""
@@ -133,11 +163,12 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
     if round_ > 1 and stage == "baseline":
         return
 
-    def eval_config(model: str, key: str, dataset: str, prompt: str = "zero_shot"):
-        base = {"model": model, "out": str(run / "eval" / key / dataset), "prompt": prompt, "progress": True,
+    def eval_config(model: str, key: str, dataset: str, prompt: str = "zero_shot", transfer: bool = False):
+        folder = dataset + TRANSFER_SUFFIX if transfer else dataset
+        base = {"model": model, "out": str(run / "eval" / key / folder), "prompt": prompt, "progress": True,
                 "templates": config.templates}
         cfg = _section(config, "eval", EvalConfig, base)
-        cfg.data = _data(config, dataset, "test", config.test_limit)
+        cfg.data = transfer_data(config, dataset) if transfer else _data(config, dataset, "test", config.test_limit)
         return cfg
 
     if stage == "baseline":
@@ -215,6 +246,11 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
                 cfg = _section(config, "rerank", RerankConfig, base)
                 cfg.data = _data(config, ds, "test", config.test_limit)
                 yield f"sml_best_of_n/{ds}", cfg
+    elif stage == "transfer":
+        if config.transfer:
+            for ds in config.eval_datasets:
+                for key, model in transfer_models(config, run, round_):
+                    yield f"{key}/{ds}{TRANSFER_SUFFIX}", eval_config(str(model), key, ds, transfer=True)
     else:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
@@ -332,7 +368,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _run_one(stage: str, label: str, cfg, run: Path) -> dict:
     """Call the stage function of one config."""
-    if stage in ("baseline", "evaluate"):
+    if stage in ("baseline", "evaluate", "transfer"):
         from .evaluate import run_eval
 
         return run_eval(cfg)
@@ -541,8 +577,9 @@ def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upst
 def write_summary(config: PipelineConfig, run: Path, record: dict) -> dict:
     """RUN/summary.json: per evaluated model and dataset, n, accuracy and ci95."""
     models: dict[str, dict] = {}
+    transfer = [ds + TRANSFER_SUFFIX for ds in config.eval_datasets] if config.transfer else []
     for key in ("base", "base_few_shot", "sft", "sml", *config.controls):
-        for ds in config.eval_datasets:
+        for ds in (*config.eval_datasets, *transfer):
             metrics = _read_json(run / "eval" / key / ds / "metrics.json")
             if metrics:
                 models.setdefault(key, {})[ds] = {k: metrics.get(k) for k in ("n", "accuracy", "ci95", "n_no_answer")}
@@ -557,7 +594,7 @@ def write_summary(config: PipelineConfig, run: Path, record: dict) -> dict:
                                                           "ci95": list(accuracy_ci95(k, n)),
                                                           "majority_vote_accuracy": rerank.get("majority_vote_accuracy"),
                                                           "first_sample_accuracy": rerank.get("first_sample_accuracy")}
-    summary = {"model": config.model, "dataset": config.dataset, "datasets": list(config.eval_datasets),
+    summary = {"model": config.model, "dataset": config.dataset, "datasets": list(config.eval_datasets) + transfer,
                "models": models, "config": dataclasses.asdict(config),
                # Each stage's full settings stay in stages.json; the config above holds what set them.
                "stages": {stage: {k: v for k, v in info.items() if k != "settings"} for stage, info in record.items()}}
@@ -572,8 +609,10 @@ def write_summary(config: PipelineConfig, run: Path, record: dict) -> dict:
     from .stats import compare_models
 
     # Every two model rows on the same test questions: difference, paired bootstrap 95% interval, McNemar p.
-    comparisons = {ds: compare_models(run, ds) for ds in config.eval_datasets}
+    comparisons = {ds: compare_models(run, ds) for ds in (*config.eval_datasets, *transfer)}
     summary["comparisons"] = comparisons[config.eval_datasets[0]]
+    if transfer:  # the harder test set's settings, beside its rows (models[key]["<dataset>@transfer"])
+        summary["transfer"] = {"data": config.transfer, "datasets": transfer}
     if len(comparisons) > 1:
         summary["comparisons_by_dataset"] = comparisons
     _write_json(run / "summary.json", summary)

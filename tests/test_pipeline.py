@@ -25,6 +25,7 @@ def smoke_run(tmp_path_factory):
     config = smoke_config(load_pipeline_config(DEMO))
     config.report = False
     config.controls = ("ppo_checker", "sft_round2")
+    config.transfer = {"task_options": {"people": 6}}  # the demo's Coin Flip has 4 people
     summary = run_pipeline(config, run)
     return run, config, summary
 
@@ -38,6 +39,22 @@ def test_shipped_configs_are_valid_for_every_stage(path, tmp_path, monkeypatch):
     rows = plan_pipeline(config, tmp_path / "run")
     assert [r["stage"] for r in rows if r["round"] == 1] == list(STAGES)
     assert {r["action"] for r in rows} <= {"run", "skipped"}
+
+
+def test_transfer_evaluates_every_model_one_level_up(smoke_run):
+    """The transfer stage evaluates each model on the harder test set, beside the dataset's own, and the
+    summary has its rows and paired comparisons."""
+    run, config, summary = smoke_run
+    ds = "synthetic_coin_flip@transfer"
+    assert summary["transfer"] == {"data": {"task_options": {"people": 6}}, "datasets": [ds]}
+    assert set(summary["models"]) - {"base_few_shot", "sml_best_of_n"} == \
+        {key for key, cells in summary["models"].items() if ds in cells}
+    own = [json.loads(x)["question"] for x in
+           (run / "eval" / "sft" / "synthetic_coin_flip" / "predictions.jsonl").read_text().splitlines()]
+    harder = [json.loads(x)["question"] for x in (run / "eval" / "sft" / ds / "predictions.jsonl").read_text().splitlines()]
+    assert len(harder) == len(own) and not set(harder) & set(own)
+    assert all(q.count(" the coin.") == 6 for q in harder) and all(q.count(" the coin.") == 4 for q in own)
+    assert "sml_vs_sft" in summary["comparisons_by_dataset"][ds]
 
 
 def test_every_stage_runs_and_summary_has_all_models(smoke_run):
@@ -90,7 +107,7 @@ def test_changed_setting_reruns_that_stage_and_later(tmp_path, smoke_run):
     after = stages(run)
     for stage in ("baseline", "generate", "rank", "sft"):
         assert after[stage]["fingerprint"] == first[stage]["fingerprint"]
-    for stage in ("reward", "ppo", "evaluate", "best_of_n"):
+    for stage in ("reward", "ppo", "evaluate", "best_of_n", "transfer"):
         assert after[stage]["fingerprint"] != first[stage]["fingerprint"] and after[stage]["status"] == "done"
     # The controls start from the SFT model and read no reward model: not retrained.
     for stage in ("ppo_checker", "sft_round2"):
@@ -112,7 +129,7 @@ def test_plan_says_what_would_run_and_changes_nothing(tmp_path, smoke_run, capsy
     # The plan names what changed: stages.json keeps each stage's settings beside its fingerprint.
     # The controls (after sft) read no reward model: done; the reward model and what follows it rerun.
     assert actions(changed) == ["done"] * 6 + ["rerun (learning_rate changed)"] + \
-        ["rerun (an earlier stage changed)"] * 3
+        ["rerun (an earlier stage changed)"] * 4
     more = plan_pipeline(dataclasses.replace(config, test_limit=6, eval={**config.eval, "max_new_tokens": 3}), run)
     assert more[0]["action"] == "rerun (data.limit, max_new_tokens changed)"
     assert actions(plan_pipeline(config, run, from_stage="ppo", until="evaluate")) == \
@@ -148,7 +165,7 @@ def test_more_test_questions_rerun_only_the_evaluations(smoke_run):
         assert (after[stage][1] != before[stage][1]) == (stage in MEASURE_STAGES), stage
     changed = round_plan(dataclasses.replace(config, sft={**config.sft, "learning_rate": 1e-3}), run, 1, "")
     assert [s for s in STAGES if changed[s][1] != before[s][1]] == \
-        ["sft", "ppo_checker", "sft_round2", "reward", "ppo", "evaluate", "best_of_n"]
+        ["sft", "ppo_checker", "sft_round2", "reward", "ppo", "evaluate", "best_of_n", "transfer"]
 
 
 def test_prompt_templates_reach_every_prompt_and_count_by_content(tmp_path, smoke_run):
