@@ -41,7 +41,7 @@ def test_shipped_configs_are_valid_for_every_stage(path, tmp_path, monkeypatch):
     assert {r["action"] for r in rows} <= {"run", "skipped"}
 
 
-def test_transfer_evaluates_every_model_one_level_up(smoke_run):
+def test_transfer_evaluates_every_model_one_level_up(smoke_run, tmp_path):
     """The transfer stage evaluates each model on the harder test set, beside the dataset's own, and the
     summary has its rows and paired comparisons."""
     run, config, summary = smoke_run
@@ -55,6 +55,11 @@ def test_transfer_evaluates_every_model_one_level_up(smoke_run):
     assert len(harder) == len(own) and not set(harder) & set(own)
     assert all(q.count(" the coin.") == 6 for q in harder) and all(q.count(" the coin.") == 4 for q in own)
     assert "sml_vs_sft" in summary["comparisons_by_dataset"][ds]
+    from selfmotivated.report import make_report
+
+    make_report([str(run)], out=str(tmp_path / "report"), plots=False)
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert f"| model | synthetic_coin_flip | {ds} |" in text and "one difficulty level above training" in text
 
 
 def test_every_stage_runs_and_summary_has_all_models(smoke_run):

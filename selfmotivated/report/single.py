@@ -136,6 +136,11 @@ def _accuracy_section(run: Run, published, config, plot_dir) -> list:
              "'-' where the paper reports none. A cell marked * comes from an unfinished evaluation.",
              "note"),
     ]
+    transfer = run.config.get("transfer")
+    if isinstance(transfer, dict) and transfer and any(d.endswith("@transfer") for d in datasets):
+        settings = ", ".join(f"{k}: {v}" for k, v in transfer.items())
+        blocks.append(Para(f"Columns marked @transfer: the same test split one difficulty level above training "
+                           f"({settings}); no model was trained on such questions.", "note"))
     for stage, reason in run.refused.items():
         rows_left = [MODELS[k] for k in MODELS if refused_stage(run, k) == stage]
         blocks.insert(1, Para(f"{STAGE_NAMES.get(stage, stage)} was refused by its gate, so there is no row "
