@@ -1,6 +1,7 @@
 """`sml run` on tiny-random: every stage real, resume at stage boundaries, fingerprint invalidation, config errors."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from selfmotivated.pipeline import STAGES, load_pipeline_config, plan_pipeline, 
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
+DATASET = "rg:chain_sum"  # the demo's
 SHIPPED = sorted(REPO.glob("configs/*.yaml")) + sorted(REPO.glob("results/*/config.yaml"))
 
 
@@ -25,7 +27,8 @@ def smoke_run(tmp_path_factory):
     config = smoke_config(load_pipeline_config(DEMO))
     config.report = False
     config.controls = ("ppo_checker", "sft_round2")
-    config.transfer = {"task_options": {"people": 6}}  # the demo's Coin Flip has 4 people
+    config.best_of_n = 2  # off in the demo, on here: every stage runs
+    assert config.transfer == {"task_options": {"min_terms": 3, "max_terms": 3}}  # the demo's: two numbers -> three
     summary = run_pipeline(config, run)
     return run, config, summary
 
@@ -45,34 +48,35 @@ def test_transfer_evaluates_every_model_one_level_up(smoke_run, tmp_path):
     """The transfer stage evaluates each model on the harder test set, beside the dataset's own, and the
     summary has its rows and paired comparisons."""
     run, config, summary = smoke_run
-    ds = "synthetic_coin_flip@transfer"
-    assert summary["transfer"] == {"data": {"task_options": {"people": 6}}, "datasets": [ds]}
+    ds = f"{DATASET}@transfer"
+    assert summary["transfer"] == {"data": config.transfer, "datasets": [ds]}
     assert set(summary["models"]) - {"base_few_shot", "sml_best_of_n"} == \
         {key for key, cells in summary["models"].items() if ds in cells}
     own = [json.loads(x)["question"] for x in
-           (run / "eval" / "sft" / "synthetic_coin_flip" / "predictions.jsonl").read_text().splitlines()]
+           (run / "eval" / "sft" / DATASET / "predictions.jsonl").read_text().splitlines()]
     harder = [json.loads(x)["question"] for x in (run / "eval" / "sft" / ds / "predictions.jsonl").read_text().splitlines()]
     assert len(harder) == len(own) and not set(harder) & set(own)
-    assert all(q.count(" the coin.") == 6 for q in harder) and all(q.count(" the coin.") == 4 for q in own)
+    terms = lambda q: len(re.findall(r"\d+", q.split(":")[-1]))  # noqa: E731 - numbers in "47 - 18 + 3 ="
+    assert {terms(q) for q in harder} == {3} and {terms(q) for q in own} == {2}
     assert "sml_vs_sft" in summary["comparisons_by_dataset"][ds]
     from selfmotivated.report import make_report
 
     make_report([str(run)], out=str(tmp_path / "report"), plots=False)
     text = (tmp_path / "report" / "report.md").read_text()
-    assert f"| model | synthetic_coin_flip | {ds} |" in text and "one difficulty level above training" in text
+    assert f"| model | {DATASET} | {ds} |" in text and "one difficulty level above training" in text
 
 
 def test_every_stage_runs_and_summary_has_all_models(smoke_run):
     run, config, summary = smoke_run
     assert [s for s in STAGES if stages(run)[s]["status"] == "done"] == list(STAGES)
-    assert set(summary["models"]) == {"base", "base_few_shot", "sft", "sml", "ppo_checker", "sft_round2",
-                                      "sml_best_of_n"}
+    # No few-shot baseline: generated tasks have no exemplars (the demo's few_shot_baseline is off).
+    assert set(summary["models"]) == {"base", "sft", "sml", "ppo_checker", "sft_round2", "sml_best_of_n"}
     # The reward stage's validity report: fresh samples of the training questions after PPO's own.
     validity = summary["reward_validity"]
     assert validity["n"] == 6 and validity["n_questions"] == 3 and "by_pair_type" in validity
     samples = [json.loads(x) for x in (run / "reward" / "validity_samples.jsonl").read_text().splitlines()]
     assert len({r["id"] for r in samples}) == 3 and all(isinstance(r["score"], float) for r in samples)
-    ppo_questions = {json.loads(x)["id"] for x in (run / "eval" / "base" / "synthetic_coin_flip" /
+    ppo_questions = {json.loads(x)["id"] for x in (run / "eval" / "base" / DATASET /
                                                      "predictions.jsonl").read_text().splitlines()}
     assert not {r["id"] for r in samples} & ppo_questions  # never the test split
     assert json.loads((run / "ppo_checker" / "run.json").read_text())["config"]["reward"] == "checker"
@@ -81,7 +85,7 @@ def test_every_stage_runs_and_summary_has_all_models(smoke_run):
     samples = [json.loads(x) for x in (run / "sft_round2" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 8 and (run / "sft_round2" / "model" / "config.json").exists()
     for model in summary["models"].values():
-        m = model["synthetic_coin_flip"]
+        m = model[DATASET]
         assert m["n"] == 4 and 0 <= m["accuracy"] <= 1 and len(m["ci95"]) == 2
     saved = json.loads((run / "summary.json").read_text())
     assert saved["models"] == summary["models"]
@@ -308,7 +312,7 @@ def test_ppo_refuses_a_reward_model_that_does_not_track_correctness(tmp_path, sm
     assert "sml" not in summary["models"] and "sml_best_of_n" not in summary["models"]
     assert {"base", "sft", "ppo_checker", "sft_round2"} <= set(summary["models"])
     assert "min_reward_auroc" in summary["refused"]["ppo"]
-    assert not (run / "eval" / "sml" / "synthetic_coin_flip" / "metrics.json").exists()
+    assert not (run / "eval" / "sml" / DATASET / "metrics.json").exists()
     assert not (run / "ppo" / "policy").exists()
     assert [r["action"] for r in plan_pipeline(strict, run)] == ["done"] * len(STAGES)
 
@@ -317,8 +321,10 @@ def test_ppo_samples_as_many_tokens_as_the_final_evaluation(tmp_path):
     from selfmotivated.pipeline import ppo_config
 
     config = load_pipeline_config(DEMO)
-    assert ppo_config(config, tmp_path).max_new_tokens == config.ppo["max_new_tokens"]  # the preset's own
+    config.ppo = {**config.ppo, "max_new_tokens": 33}
+    assert ppo_config(config, tmp_path).max_new_tokens == 33  # a preset's own wins
     config.ppo = {k: v for k, v in config.ppo.items() if k != "max_new_tokens"}
+    assert ppo_config(config, tmp_path).max_new_tokens == config.eval["max_new_tokens"]
     config.eval = {**config.eval, "max_new_tokens": 77}
     assert ppo_config(config, tmp_path).max_new_tokens == 77
     config.eval = {k: v for k, v in config.eval.items() if k != "max_new_tokens"}
