@@ -45,7 +45,9 @@ class EvalConfig:
     batch_size: int = field(default=64, metadata={"help": "sequences decoded at once"})
     backend: str = field(default="engine", metadata={"help": "generation backend: engine (ours) or hf",
                                                      "choices": ["engine", "hf"]})
-    dtype: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16"})
+    dtype: str = field(default="auto", metadata={
+        "help": "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16, or int8 (int8 weights on CPU: "
+                "faster decoding, lossy; see the README's speed section)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub (off: safer)"})
     include_exemplar_rows: bool = field(default=False, metadata={

@@ -350,8 +350,13 @@ def _pick_device(device: str) -> str:
 
 
 def _pick_dtype(dtype: str, device: str):
+    """The torch dtype the weights load in ("int8" loads float32, quantized after loading)."""
     import torch
 
+    if dtype == "int8":
+        if not device.startswith("cpu"):
+            raise ValueError("dtype int8 (int8 weights for decoding) runs on CPU only; on a GPU use bfloat16")
+        return torch.float32
     if dtype == "auto":
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -365,8 +370,30 @@ def _pick_dtype(dtype: str, device: str):
         "fp16": torch.float16,
     }
     if dtype not in names:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+        raise ValueError(f"dtype must be auto, float32, bfloat16, float16 or int8, got {dtype!r}")
     return names[dtype]
+
+
+def quantize_int8(model):
+    """int8 weights for every linear layer, the LM head included, in place; activations are quantized per
+    call (dynamic quantization, per output channel). CPU decoding is bound by reading the weights, and int8
+    weights are a quarter of fp32's bytes: on this project's 2-core machine a 64-row step of the default
+    model's MLP matmuls runs ~4x faster. Lossy: `sml bench generate --int8` measures its greedy agreement with
+    fp32, and the README gives the accuracy difference on real test questions. A PEFT model is merged first.
+
+    Why torch's own dynamic quantization: it needs no new dependency and no compile step, and runs the
+    fbgemm int8 kernels on x86; torch marks the API as moving to torchao, hence the warning filter."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    return model
 
 
 def _read_adapter_config(folder: Path) -> dict:
@@ -451,6 +478,11 @@ def load_model(
     if adapter is not None:
         model = _apply_adapter(model, resolved, str(adapter_dir), for_training)
     model.to(device)
+    if dtype == "int8":
+        if for_training:
+            raise ValueError("dtype int8 is for generation and evaluation only: training needs float weights "
+                             "(use float32 on CPU)")
+        model = quantize_int8(model)
     model.train(for_training)
     return model, tokenizer
 

@@ -400,3 +400,43 @@ def test_default_model_greedy_matches_hf():
     for options in ({}, {"prefix_reuse": False, "max_seqs": 2}):
         got = make_generator(model, tokenizer, "engine", **options).generate(prompts, params)
         assert token_ids(got) == token_ids(expected)
+
+
+def test_bench_generate_int8_reports_speed_and_greedy_agreement(capsys):
+    from selfmotivated.cli import main
+    from selfmotivated.generation.bench import format_bench_result
+
+    code = main(["bench", "generate", "--model", "tiny-random", "--dataset", "synthetic_coin_flip",
+                 "--prompt", "zero-shot", "--batch-size", "2", "--num-prompts", "3", "--new-tokens", "4",
+                 "--int8", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["int8_tokens_per_s"] > 0 and result["int8_greedy_prompts"] == 3
+    assert result["int8_speedup"] == pytest.approx(result["int8_tokens_per_s"] / result["engine_tokens_per_s"])
+    assert 0 <= result["int8_greedy_identical_rows"] <= result["int8_greedy_token_agreement"] <= 1
+    assert "int8" in format_bench_result(result)
+
+
+def test_int8_weights_decode_through_the_engine_and_refuse_training():
+    """dtype int8: every linear layer (the LM head too) holds int8 weights, the engine runs them, greedy
+    output stays close to the float model's; training and GPUs are refused with the reason."""
+    from selfmotivated.models import load_model
+
+    model, tokenizer = load_model("tiny-random", dtype="int8")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert not linears and "quantized" in type(model.lm_head).__module__
+    float_model, _ = load_model("tiny-random")
+    params = SamplingParams(max_new_tokens=6)
+    prompts = ["Hello there", "What is 2+2?", "Is a coin heads up?"]
+    out = make_generator(model, tokenizer, "engine").generate(prompts, params)
+    ref = make_generator(float_model, tokenizer, "engine").generate(prompts, params)
+    assert all(len(o[0].token_ids) == 6 for o in out)
+    with torch.no_grad():  # the logits of the two models are close, not equal
+        ids = tokenizer(prompts[1], return_tensors="pt")["input_ids"]
+        a, b = model(ids).logits, float_model(ids).logits
+    assert not torch.equal(a, b) and (a - b).norm() / b.norm() < 0.1
+    assert sum(o[0].token_ids == r[0].token_ids for o, r in zip(out, ref)) >= 1
+    with pytest.raises(ValueError, match="training needs float weights"):
+        load_model("tiny-random", dtype="int8", for_training=True)
+    with pytest.raises(ValueError, match="CPU only"):
+        load_model("tiny-random", dtype="int8", device="cuda:0" if torch.cuda.is_available() else "meta")

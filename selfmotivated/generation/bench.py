@@ -57,6 +57,9 @@ class BenchGenerateConfig:
                                                       "run of each is reported"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    int8: bool = field(default=False, metadata={
+        "help": "also time the engine with int8 weights (CPU; dtype int8 in eval) and measure its greedy "
+                "agreement with the float model on the same prompts"})
     dtype: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on CUDA), float32, "
                                                          "bfloat16, float16"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
@@ -160,6 +163,36 @@ def _time_backend(model, tokenizer, backend: str, prompts: list[str], params, ba
             "finished_by_eos": sum(c.finish_reason == "eos" for r in results for c in r)}
 
 
+def _time_int8(model, tokenizer, prompts: list[str], params, config: BenchGenerateConfig) -> dict:
+    """The engine on an int8 copy of the model, timed like the float engine (the best of `repeats` runs),
+    then greedy decoding of the first 32 prompts by both: the share of rows that come out identical, and of
+    each float row's tokens before the first difference (mean over rows)."""
+    import copy
+    import dataclasses
+
+    from selfmotivated.generation import make_generator
+    from selfmotivated.models import quantize_int8
+
+    if not str(next(model.parameters()).device).startswith("cpu"):
+        raise ValueError("--int8 measures int8 weights on CPU only")
+    quantized = quantize_int8(copy.deepcopy(model))
+    runs = [_time_backend(quantized, tokenizer, "engine", prompts, params, config.engine_slots)
+            for _ in range(config.repeats)]
+    greedy = dataclasses.replace(params, temperature=0.0, seed=None)
+    first = prompts[:32]
+    outputs = [make_generator(m, tokenizer, "engine", max_seqs=config.engine_slots).generate(first, greedy)
+               for m in (model, quantized)]
+    pairs = [(a[0].token_ids, b[0].token_ids) for a, b in zip(*outputs)]
+
+    def agreement(a: list[int], b: list[int]) -> float:
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        return same / max(1, len(a)) if a != b else 1.0
+
+    return {"tokens_per_s": max(r["tokens_per_s"] for r in runs), "runs": runs, "greedy_prompts": len(first),
+            "identical_rows": sum(a == b for a, b in pairs) / len(pairs),
+            "token_agreement": sum(agreement(a, b) for a, b in pairs) / len(pairs)}
+
+
 def _load_average() -> float | None:
     try:
         return os.getloadavg()[0]
@@ -198,6 +231,7 @@ def run_bench_generate(config: BenchGenerateConfig) -> dict:
             batch = {"engine": config.engine_slots, "hf": config.batch_size, "hf-single": 1}[backend]
             use = engine_prompts if backend == "engine" else baseline_prompts
             runs[backend].append(_time_backend(model, tokenizer, backend, use, params, batch))
+    int8 = _time_int8(model, tokenizer, engine_prompts, params, config) if config.int8 else {}
     peak = measure_matmul_peak(model, device=device if device.startswith("cuda") else "cpu")
     load_after = _load_average()
 
@@ -231,6 +265,12 @@ def run_bench_generate(config: BenchGenerateConfig) -> dict:
         "peak_gflops": peak["peak_gflops"],
         "engine_fraction_of_peak": engine_tps * flops_per_token / 1e9 / peak["peak_gflops"],
         "matmul_gflops": peak["matmul_gflops"],
+        **({"int8_tokens_per_s": int8["tokens_per_s"],
+            "int8_fraction_of_peak": int8["tokens_per_s"] * flops_per_token / 1e9 / peak["peak_gflops"],
+            "int8_speedup": int8["tokens_per_s"] / engine_tps,
+            "int8_greedy_identical_rows": int8["identical_rows"],
+            "int8_greedy_token_agreement": int8["token_agreement"],
+            "int8_greedy_prompts": int8["greedy_prompts"]} if int8 else {}),
         "flops_per_token": flops_per_token,
         "runs": runs,
         "load_average": [load_before, load_after],
@@ -254,6 +294,12 @@ def format_bench_result(result: dict) -> str:
         f"  matmul peak {result['peak_gflops']:.1f} GFLOP/s (fp32, same run; GFLOP/s count 2 x "
         f"{result['flops_per_token'] / 2 / 1e6:.1f}M params per new token)",
     ]
+    if "int8_tokens_per_s" in result:
+        lines.append(f"  {'int8':<9} {result['int8_tokens_per_s']:8.1f} tokens/s  "
+                     f"({100 * result['int8_fraction_of_peak']:.0f}% of the fp32 peak; {result['int8_speedup']:.2f}x "
+                     f"the float engine); greedy on {result['int8_greedy_prompts']} prompts: "
+                     f"{100 * result['int8_greedy_identical_rows']:.0f}% of rows identical, "
+                     f"{100 * result['int8_greedy_token_agreement']:.0f}% of tokens before the first difference")
     load = result.get("load_average") or [None, None]
     if load[0] is not None:
         lines.append(f"  load average {load[0]:.2f} before, {load[1]:.2f} after (a busy machine makes numbers noisy)")
