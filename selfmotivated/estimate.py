@@ -24,6 +24,7 @@ stage took (stages.json).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -51,6 +52,7 @@ class Throughput:
     decode_tokens_per_s: dict = field(default_factory=dict)  # {rows in flight: new tokens per second}
     measured: str = ""  # when, and with what (model, threads)
     load_seconds: float = 0.0  # loading the model once (a stage loads and saves a few)
+    busy: str = ""  # why the rates are too low to trust (other jobs on the cores while probing), or ""
 
     def step_seconds(self, width: int) -> float:
         """Seconds of one decoding step with `width` rows in flight: the line through the probe's widths."""
@@ -120,6 +122,7 @@ def probe_throughput(model_name: str, dtype: str = "auto", device: str = "auto")
     from .generation import SamplingParams, make_generator
     from .models import load_model
 
+    load_before = _load_average()
     t0 = time.perf_counter()
     model, tokenizer = load_model(model_name, dtype=dtype, device=device)
     load = time.perf_counter() - t0
@@ -169,12 +172,27 @@ def probe_throughput(model_name: str, dtype: str = "auto", device: str = "auto")
     lora_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
                                                   task_type="CAUSAL_LM"))
     lora = 256 / best(lambda: train_step(lora_model))
+    # Another job on the cores slows every rate several times over (two torch jobs: ~10x); the load average
+    # counts it. This probe itself adds about its thread count.
+    load_avg = max(x for x in (load_before, _load_average(), 0.0) if x is not None)
+    busy = ""
+    if dev.type == "cpu" and load_avg > torch.get_num_threads() + 1.0:
+        busy = (f"measured on a busy machine (load average {load_avg:.1f} with {torch.get_num_threads()} threads): "
+                "the rates are too low; `--reprobe` when the machine is quiet")
+        logging.getLogger(__name__).warning("throughput probe: %s", busy)
     return Throughput(forward_tokens_per_s=round(forward, 1), lora_tokens_per_s=round(lora, 1),
                       full_tokens_per_s=round(full, 1),
                       decode_tokens_per_s={str(k): round(v, 1) for k, v in decode.items()},
                       measured=f"{time.strftime('%Y-%m-%d %H:%M')}, {model_name}, "
                                f"{torch.get_num_threads()} threads",
-                      load_seconds=round(load, 2))
+                      load_seconds=round(load, 2), busy=busy)
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):  # not on every platform
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -470,6 +488,8 @@ def format_estimate(estimate: dict) -> str:
     lines.append(f"  total       {estimate['total_minutes']:>8.1f} min at most ({estimate['basis']})")
     lines.append(f"  rates ({t['measured']}): forward {t['forward_tokens_per_s']} tok/s, LoRA training "
                  f"{t['lora_tokens_per_s']}, full {t['full_tokens_per_s']}, sampling {decode}")
+    if t.get("busy"):
+        lines.append(f"  warning: rates {t['busy']}")
     return "\n".join(lines)
 
 
@@ -502,5 +522,6 @@ def plan_with_estimate(config, rows: list[dict], until: str | None = None, refre
     note = (f"estimate: {todo:.1f} min for what would run, {estimate['total_minutes']:.1f} min for every stage "
             f"(at most: {estimate['basis'].split(':')[0]})\n"
             f"rates ({t['measured']}): forward {t['forward_tokens_per_s']} tokens/s, training LoRA "
-            f"{t['lora_tokens_per_s']}, full {t['full_tokens_per_s']}, sampling {decode} tokens/s")
+            f"{t['lora_tokens_per_s']}, full {t['full_tokens_per_s']}, sampling {decode} tokens/s"
+            + (f"\nwarning: rates {t['busy']}" if t.get("busy") else ""))
     return rows, estimate, note

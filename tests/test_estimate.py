@@ -90,7 +90,7 @@ def test_rates_are_measured_once_then_read_from_the_cache(tmp_path):
     assert len(calls) == 2 and cached_throughput("tiny-random", cache=cache) == RATES
 
 
-def test_plan_rows_get_estimates_and_a_failed_probe_leaves_the_plan_alone(tmp_path):
+def test_plan_rows_get_estimates_and_a_failed_probe_leaves_the_plan_alone(tmp_path, monkeypatch):
     from selfmotivated.pipeline import plan_pipeline
 
     config = demo()
@@ -101,6 +101,12 @@ def test_plan_rows_get_estimates_and_a_failed_probe_leaves_the_plan_alone(tmp_pa
 
     def broken(*a, **k):
         raise RuntimeError("no model here")
+
+    busy = dataclasses.replace(RATES, busy="measured on a busy machine (load average 4.0 with 2 threads)")
+    monkeypatch.setattr("selfmotivated.estimate._cache_path", lambda: tmp_path / "throughput.json")
+    rows, estimate, note = plan_with_estimate(config, plan_pipeline(config, tmp_path / "run"), refresh=True,
+                                              probe=lambda *a, **k: busy)
+    assert "warning: rates measured on a busy machine (load average 4.0" in note
 
     rows, estimate, note = plan_with_estimate(config, plan_pipeline(config, tmp_path / "run"), refresh=True,
                                               probe=broken)
