@@ -12,7 +12,8 @@ and measures how well the score separates what our answer checker calls right fr
 - pairwise accuracy by pair type on the held-out pairs, and the accuracy of a provenance-only scorer
   (gold-hinted > free > wrong-hinted) on those pairs, from the reward stage's held-out metrics.
 
-PPO refuses to start when auroc is below `ppo.min_reward_auroc` (ppo/trainer.py:check_reward_validity).
+PPO refuses to start when the figure it learns from is below `ppo.min_reward_auroc` (ppo/gate.py): with a
+per-question baseline (rloo) within_question_auroc, else auroc.
 """
 
 from __future__ import annotations

@@ -317,6 +317,17 @@ def test_reward_validity_gate(tmp_path):
         check_reward_validity(model, 0.6)
     assert check_reward_validity(model, 0.0) is None  # 0: the gate is off
     assert check_reward_validity(model, 0.5)["auroc"] == 0.52
+    # A per-question baseline (rloo) learns only from the order of a question's own samples: a score that
+    # tells easy questions from hard ones (overall AUROC 0.68) but not a question's right samples from its
+    # wrong ones (0.49) is refused.
+    report = {"auroc": 0.68, "n": 400, "within_question_auroc": 0.49, "n_questions_with_both": 39}
+    (tmp_path / "reward" / "validity.json").write_text(json.dumps(report))
+    assert check_reward_validity(model, 0.55)["auroc"] == 0.68
+    with pytest.raises(RewardModelInvalid, match=r"each question's own samples .* 39 held-out .* 0\.490, below"):
+        check_reward_validity(model, 0.55, within_question=True)
+    # Too few questions with both kinds of sample for the within-question figure: the overall AUROC decides.
+    (tmp_path / "reward" / "validity.json").write_text(json.dumps({**report, "n_questions_with_both": 4}))
+    assert check_reward_validity(model, 0.55, within_question=True)["auroc"] == 0.68
 
 
 # ----------------------------------------------------------------------------------------------------

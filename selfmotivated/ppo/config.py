@@ -82,7 +82,8 @@ class PPOConfig:
                 "must not win by running on"})
     min_reward_auroc: float = field(default=0.55, metadata={
         "help": "refuse to start when the reward model's validity report gives an AUROC of score against the "
-                "answer checker's verdict below this, on fresh samples of held-out training questions (0: off)"})
+                "answer checker's verdict below this, on fresh samples of held-out training questions (0: off); "
+                "with advantage rloo, the AUROC among each question's own samples, the order PPO learns from"})
     # -- PPO
     learning_rate: float | None = field(default=None, metadata={
         "help": f"actor learning rate (default {DEFAULT_LR['lora']} with LoRA, {DEFAULT_LR['full']} full)"})

@@ -30,9 +30,18 @@ def find_validity_report(reward_path: str | Path) -> Path | None:
     return None
 
 
-def check_reward_validity(reward_path: str | Path, min_auroc: float) -> dict | None:
-    """Refuse (RewardModelInvalid) when the reward model's AUROC against the answer checker, on fresh samples
-    of held-out training questions, is below min_auroc. No report (a reward model from elsewhere): a warning."""
+# Fewer questions with both a right and a wrong sample than this make the within-question AUROC too noisy to
+# gate on; the gate then reads the overall AUROC and says so.
+MIN_QUESTIONS_WITH_BOTH = 10
+
+
+def check_reward_validity(reward_path: str | Path, min_auroc: float, within_question: bool = False) -> dict | None:
+    """Refuse (RewardModelInvalid) when the reward model's validity report, from fresh samples of held-out
+    training questions, says its score does not follow the answer checker: the AUROC is below min_auroc.
+    `within_question` (PPO with a per-question baseline, advantage rloo): the AUROC among each question's own
+    samples, averaged over questions, since the baseline cancels whatever the score says about the question
+    itself, and only the order of a question's samples moves the policy. No report (a reward model from
+    elsewhere): a warning."""
     if not min_auroc:
         return None
     path = find_validity_report(reward_path)
@@ -41,12 +50,26 @@ def check_reward_validity(reward_path: str | Path, min_auroc: float) -> dict | N
                     "(`sml reward` writes one; --min-reward-auroc 0 silences this)", reward_path)
         return None
     report = json.loads(path.read_text())
-    value = report.get("auroc")
+    n_both = report.get("n_questions_with_both") or 0
+    if within_question and report.get("within_question_auroc") is not None and n_both >= MIN_QUESTIONS_WITH_BOTH:
+        value = report["within_question_auroc"]
+        what = (f"the AUROC of its score against the answer checker among each question's own samples (mean over "
+                f"the {n_both} held-out training questions with a right and a wrong one of {report.get('n', '?')} "
+                f"fresh samples) is {{shown}}")
+        why = (f"PPO's per-question baseline cancels what the score says about a question, so only the order of a "
+               f"question's own samples moves the policy (the overall AUROC, {report.get('auroc') or 0:.3f}, also "
+               f"counts which questions are easy). ")
+    else:
+        if within_question:
+            log.warning("reward validity: %d question(s) with a right and a wrong sample, fewer than %d: the gate "
+                        "reads the overall AUROC", n_both, MIN_QUESTIONS_WITH_BOTH)
+        value, why = report.get("auroc"), ""
+        what = (f"AUROC of its score against the answer checker on {report.get('n', '?')} fresh samples of held-out "
+                f"training questions is {{shown}}")
     if value is None or value < min_auroc:
         shown = "undefined (every sample right, or every one wrong)" if value is None else f"{value:.3f}"
         raise RewardModelInvalid(
-            f"the reward model {reward_path} does not track correctness: AUROC of its score against the answer "
-            f"checker on {report.get('n', '?')} fresh samples of held-out training questions is {shown}, "
-            f"below min_reward_auroc={min_auroc} ({path}). PPO against it would optimise noise; retrain it, or "
+            f"the reward model {reward_path} does not track correctness: {what.format(shown=shown)}, below "
+            f"min_reward_auroc={min_auroc} ({path}). {why}PPO against it would optimise noise; retrain it, or "
             f"pass --min-reward-auroc 0 (ppo.min_reward_auroc: 0) to run anyway", report)
     return report

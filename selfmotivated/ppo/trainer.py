@@ -861,7 +861,7 @@ def build_trainer(
             "with RUN_DIR/reward/model (or --reward checker for the answer checker as the reward)"
         )
     if uses_rm and reward_fn is None:
-        check_reward_validity(reward_path, config.min_reward_auroc)
+        check_reward_validity(reward_path, config.min_reward_auroc, within_question=config.advantage == "rloo")
     # Without a GPU, accelerate sets up torch.distributed (gloo) for several processes only when told cpu=True.
     from ..training import reset_single_process_state
 
