@@ -197,32 +197,65 @@ def reward_score_plot(run: Run, path: Path) -> Path | None:
 
 
 def validity_plot(run: Run, path: Path) -> Path | None:
-    """The reward validity samples (fresh samples of the SFT policy as PPO draws them): histograms of the
-    reward-model score of the samples the answer checker calls right and of those it calls wrong."""
+    """The reward validity samples (fresh samples of the SFT policy as PPO draws them). Left: histograms of the
+    reward-model score of the samples the answer checker calls right and of those it calls wrong (cut-off
+    samples hatched). Right: the same within each question (score minus the mean score of its question's
+    samples, over the questions with both a right and a wrong sample), which is all a per-question baseline
+    leaves PPO: a score that only tells easy questions from hard ones separates the left panel, not this one."""
     scores = run.validity_scores
     if not scores:
         return None
     from ..metrics import auroc
 
-    right = [s for s, c in scores if c]
-    wrong = [s for s, c in scores if not c]
     value = _num(_get(run.validity, "auroc"))
     if value is None:  # no validity.json beside the samples: the same figure, from the samples
         value = auroc([s for s, _ in scores], [c for _, c in scores])
+    questions = run.validity_questions if len(run.validity_questions) == len(scores) else []
+    fig, axes = _figure(12.0 if questions else 7.0, 4.4, ncols=2 if questions else 1)
+    ax = axes[0, 0]
     lo, hi = min(s for s, _ in scores), max(s for s, _ in scores)
     bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 10
-    fig, axes = _figure(7.0, 4.4)
-    ax = axes[0, 0]
-    for values, color, what in ((right, RIGHT, "right"), (wrong, WRONG, "wrong")):
-        if values:
-            ax.hist(values, bins=bins, alpha=0.55, color=color,
-                    label=f"answer {what} (n={len(values)}, mean {statistics.fmean(values):.2f})")
+    finished = [f for _, f in questions] if questions else [True] * len(scores)
+    for want, color, what in ((True, RIGHT, "right"), (False, WRONG, "wrong")):
+        done = [s for (s, c), f in zip(scores, finished) if c == want and f]
+        cut = [s for (s, c), f in zip(scores, finished) if c == want and not f]
+        both = done + cut
+        if both:
+            ax.hist(both, bins=bins, alpha=0.55, color=color,
+                    label=f"answer {what} (n={len(both)}, mean {statistics.fmean(both):.2f})")
+        if cut:
+            ax.hist(cut, bins=bins, color=color, fill=False, hatch="///", label=f"  of which cut off (n={len(cut)})")
     shown = "undefined" if value is None else f"{value:.3f}"
     ax.set_title(f"Reward validity: AUROC {shown} (n={len(scores)} samples; 0.5 = chance)")
     ax.set_xlabel("reward-model score")
     ax.set_ylabel("samples")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    if questions:
+        by_question: dict[str, list] = {}
+        for (score, correct), (qid, _) in zip(scores, questions):
+            by_question.setdefault(qid, []).append((score, correct))
+        centred = []
+        for rows in by_question.values():
+            if len({c for _, c in rows}) == 2:
+                mean = statistics.fmean(s for s, _ in rows)
+                centred += [(s - mean, c) for s, c in rows]
+        ax = axes[0, 1]
+        if centred:
+            lo, hi = min(s for s, _ in centred), max(s for s, _ in centred)
+            bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 10
+            for want, color, what in ((True, RIGHT, "right"), (False, WRONG, "wrong")):
+                values = [s for s, c in centred if c == want]
+                if values:
+                    ax.hist(values, bins=bins, alpha=0.55, color=color,
+                            label=f"answer {what} (n={len(values)}, mean {statistics.fmean(values):+.2f})")
+            ax.legend(fontsize=8)
+        within = _num(_get(run.validity, "within_question_auroc"))
+        n_both = sum(len({c for _, c in rows}) == 2 for rows in by_question.values())
+        ax.set_title(f"Within a question: AUROC {'n/a' if within is None else f'{within:.3f}'} "
+                     f"({n_both} questions with both)")
+        ax.set_xlabel("score minus its question's mean score")
+        ax.grid(alpha=0.3)
     return _save(fig, path)
 
 

@@ -52,6 +52,7 @@ class Run:
     refused: dict = field(default_factory=dict)  # stage -> the gate's reason (PPO refused to start)
     validity: dict | None = None  # reward/validity.json (else summary.json's reward_validity)
     validity_scores: list = field(default_factory=list)  # (score, correct) of reward/validity_samples.jsonl
+    validity_questions: list = field(default_factory=list)  # (question id, finished) of the same rows
     missing: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # files that could not be read
 
@@ -252,6 +253,7 @@ def _load_stages(run: Run) -> None:
     for row in _read_jsonl(path / "reward" / "validity_samples.jsonl", notes):
         if _num(row.get("score")) is not None and isinstance(row.get("correct"), bool):
             run.validity_scores.append((float(row["score"]), row["correct"]))
+            run.validity_questions.append((str(row.get("id")), row.get("finished") is not False))
     run.ppo_log = _read_jsonl(path / "ppo" / "metrics.jsonl", notes)
     run.ppo_run = _read_json(path / "ppo" / "run.json", notes)
     if not run.ppo_log and "ppo" not in run.refused:  # a refusal is listed once, with the stages

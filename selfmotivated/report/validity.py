@@ -30,18 +30,35 @@ def auroc_interval(value: float | None, n_right, n_wrong) -> tuple[float, float]
     return max(0.0, value - half), min(1.0, value + half)
 
 
-def _gate(run: Run, value: float | None) -> str:
-    """PPO's gate: its threshold and what it decided (or would decide) on this AUROC."""
+def _gate(run: Run, v: dict) -> str:
+    """PPO's gate: its threshold and what it decided (or would decide) on the figure it reads (ppo/gate.py:
+    the within-question AUROC with a per-question baseline, rloo, the default; else the overall AUROC)."""
+    from ..ppo.gate import MIN_QUESTIONS_WITH_BOTH
+
+    value, which = _num(v.get("auroc")), "AUROC"
+    within, n_both = _num(v.get("within_question_auroc")), _num(v.get("n_questions_with_both")) or 0
+    if (_get(run.config, "ppo", "advantage") or "rloo") == "rloo" and within is not None \
+            and n_both >= MIN_QUESTIONS_WITH_BOTH:
+        value, which = within, "within-question AUROC"
     threshold = _num(_get(run.config, "ppo", "min_reward_auroc"))
+    if threshold is None and isinstance(run.config.get("ppo"), dict):  # the config leaves it at the default
+        from ..ppo.config import PPOConfig
+
+        threshold = PPOConfig.__dataclass_fields__["min_reward_auroc"].default
     if "ppo" in run.refused:
         return f"refused PPO (min_reward_auroc {num(threshold, 2)})"
     if threshold is None:
-        return "n/a (no ppo.min_reward_auroc in the run config)"
+        return "n/a (no ppo section in the run config)"
     if threshold == 0:
         return "off (min_reward_auroc 0)"
     if value is None:
-        return f"min_reward_auroc {threshold:.2f}; AUROC undefined"
-    return f"min_reward_auroc {threshold:.2f}: {'passes' if value >= threshold else 'below it'}"
+        return f"min_reward_auroc {threshold:.2f}; {which} undefined"
+    verdict = "passes" if value >= threshold else "below it"
+    if value < threshold and _get(run.stages, "ppo", "status") in ("done", "running"):
+        overall = _num(v.get("auroc"))
+        verdict += (f" (PPO ran: the gate of the version that started it read the overall AUROC, {num(overall)})"
+                    if which != "AUROC" and overall is not None and overall >= threshold else " (PPO ran anyway)")
+    return f"min_reward_auroc {threshold:.2f} on the {which}: {verdict}"
 
 
 def _verdict(value: float | None, n) -> str:
@@ -78,7 +95,7 @@ def _figures(run: Run, v: dict, pairwise: float | None, provenance: float | None
         ["samples cut at the token limit (%)", pct(v.get("truncated_frac"))],
         ["held-out pairwise accuracy (all pair types)", num(pairwise)],
         ["provenance-only baseline on the same pairs", num(provenance)],
-        ["PPO's gate", _gate(run, value)],
+        ["PPO's gate", _gate(run, v)],
         ["sampled", sampled],
     ]
     copy = (" (summary.json's copy: reward/validity.json is not in this folder)"
