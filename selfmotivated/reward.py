@@ -873,6 +873,7 @@ def run_rerank(config: RerankConfig, *, generator=None, policy_tokenizer=None, r
 
     from .generation import SamplingParams
     from .prompts import build_prompt, load_templates, stop_strings
+    from .rationales.rank import reward_views
 
     templates = load_templates(config.templates)
     if reward_model is None:
@@ -926,10 +927,12 @@ def run_rerank(config: RerankConfig, *, generator=None, policy_tokenizer=None, r
             samples = [[c.text for c in cs] for cs in completions]
             score_prompts = [build_prompt(ex, reward_tokenizer, style=config.prompt, chat=config.chat,
                                           templates=templates) for ex in part]
+            views, finished = reward_views([t for s in samples for t in s],  # as PPO scores them
+                                           [ex for ex, s in zip(part, samples) for _ in s],
+                                           [c.finish_reason == "length" for cs in completions for c in cs])
             flat = score_texts(reward_model, reward_tokenizer,
-                               [p for p, s in zip(score_prompts, samples) for _ in s],
-                               [t for s in samples for t in s], batch_size=config.score_batch_size,
-                               finished=[c.finish_reason != "length" for cs in completions for c in cs])
+                               [p for p, s in zip(score_prompts, samples) for _ in s], views,
+                               batch_size=config.score_batch_size, finished=finished)
             scores, k = [], 0
             for s in samples:
                 scores.append(flat[k:k + len(s)])

@@ -72,6 +72,7 @@ def sample_and_score(policy: str, reward_model_dir: str | Path, examples: Sequen
     import torch
 
     from .answers import check_answer
+    from .rationales.rank import reward_views
     from .generation import SamplingParams, make_generator
     from .models import load_model
     from .prompts import build_prompt, load_templates, stop_strings
@@ -86,13 +87,14 @@ def sample_and_score(policy: str, reward_model_dir: str | Path, examples: Sequen
     completions = make_generator(model, tokenizer, max_seqs=batch_size).generate(prompts, params, progress=progress)
     del model
     reward_model, reward_tokenizer = load_reward_model(reward_model_dir, device=device)
-    texts, finished, owners = [], [], []
+    texts, cut, owners = [], [], []
     for i, cs in enumerate(completions):
         for c in cs:
             texts.append(c.text)
-            finished.append(c.finish_reason != "length")
+            cut.append(c.finish_reason == "length")
             owners.append(i)
-    scores = score_texts(reward_model, reward_tokenizer, [prompts[i] for i in owners], texts, finished=finished)
+    views, finished = reward_views(texts, [examples[i] for i in owners], cut)  # as PPO scores them
+    scores = score_texts(reward_model, reward_tokenizer, [prompts[i] for i in owners], views, finished=finished)
     rows, k = [], 0
     for i, cs in enumerate(completions):
         for j, _ in enumerate(cs):

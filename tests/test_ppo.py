@@ -754,3 +754,21 @@ def test_bench_ppo_reports_phases_and_memory():
     assert result["ppo_peak_mb"] > 0 and result["sft_peak_mb"] > 0
     assert result["memory_ratio"] == pytest.approx(result["ppo_peak_mb"] / result["sft_peak_mb"], rel=1e-2)
     assert "ratio" in format_bench_ppo(result)
+
+
+def test_reward_model_reads_rollouts_as_it_read_its_training_rationales():
+    """A rollout that states an answer and runs on to the token limit is read ending at our answer line, with
+    its EOS, like the rationales of the reward model's training pairs (rank.response_of); one with no answer
+    stays as written, unfinished only when cut off."""
+    from selfmotivated.rationales.rank import is_finished, response_of, reward_views
+    from selfmotivated.records import Example
+
+    ex = Example(id="q", question="What is 3 + 4?", gold="7", answer_type="number")
+    runaway = "3 + 4 = 7. The answer is 7.\nThe answer is 7.\nThe answer is 7.\nThe ans"
+    texts = [runaway, "Let me think about", "I do not know."]
+    views, finished = reward_views(texts, [ex, ex, ex], [True, True, False])
+    assert finished == [True, False, True]
+    assert views[0].endswith("The answer is 7.") and views[1:] == ["Let me think about", "I do not know."]
+    stored = {"text": runaway, "answer": "7", "finish_reason": "length"}  # the same text in the rationale store
+    assert (views[0], finished[0]) == (response_of(stored, "number"), is_finished(stored))
+    assert reward_views(["anything"], [None], [True]) == (["anything"], [False])

@@ -59,6 +59,7 @@ from .experience import Experience, generate_rollouts, make_experience
 from .gate import RewardModelInvalid, check_reward_validity  # noqa: F401 - RewardModelInvalid re-exported
 from .guard import Alarm, FailureGuard, GuardTripped
 from ..metrics import auroc
+from ..rationales.rank import reward_views
 from .rewards import RewardFn, check_rollouts, sequence_scores
 
 log = logging.getLogger(__name__)
@@ -280,9 +281,13 @@ class PPOTrainer:
         truncated = torch.tensor([float(r.finish_reason == "length") for r in rollouts])  # (B,)
         rm_scores = None
         if config.reward in ("rm", "rm+checker"):
-            kwargs = {"finished": [r.finish_reason != "length" for r in rollouts]} \
-                if getattr(self.reward_fn, "takes_finished", False) else {}
-            rm_scores = self.reward_fn([r.prompt for r in rollouts], responses, **kwargs).float().cpu()  # (B,)
+            if getattr(self.reward_fn, "takes_finished", False):  # ours: read as in its training pairs
+                views, finished = reward_views(responses, [r.example for r in rollouts],
+                                               [r.finish_reason == "length" for r in rollouts])
+                rm_scores = self.reward_fn([r.prompt for r in rollouts], views, finished=finished)
+            else:  # a custom reward function reads the responses as written
+                rm_scores = self.reward_fn([r.prompt for r in rollouts], responses)
+            rm_scores = rm_scores.float().cpu()  # (B,)
         scores = sequence_scores(config, rm_scores, correct, no_answer, truncated)  # (B,)
         answer_stats = {"rollout/correct_frac": correct.mean().item(),
                         "rollout/no_answer_frac": no_answer.mean().item()}

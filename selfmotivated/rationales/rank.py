@@ -54,6 +54,7 @@ import re
 import string
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 from .checks import opens_with_answer, render_response, split_answer_line
 from .store import KINDS
@@ -293,6 +294,25 @@ def response_of(row: dict, answer_type: str) -> str:
         return row["text"].strip()
     body, _ = split_answer_line(row["text"])
     return render_response(body, row["answer"], answer_type)
+
+
+def reward_views(texts: Sequence[str], examples: Sequence, cut_off: Sequence[bool]) -> tuple[list[str], list[bool]]:
+    """(responses, finished) of freshly sampled texts (PPO rollouts, best-of-N and validity samples) as the
+    reward model was trained to read rationales (`response_of`, `is_finished`): a text that states an answer
+    (by our checker, against its example) ends at our answer line, whatever it ran on to after it, and is
+    finished; one with no answer stays as written, finished unless it was cut off at the token limit. Without
+    this, a response that answers and then runs on to the limit is read without its EOS, a kind of text the
+    reward model never saw in training, and its score there means nothing (PPO's truncation penalty still
+    applies to it). An example of None: the text as written."""
+    from ..answers import check_answer
+
+    responses, finished = [], []
+    for text, example, cut in zip(texts, examples, cut_off, strict=True):
+        answer = check_answer(text, example)[0] if example is not None else None
+        row = {"text": text, "answer": answer, "finish_reason": "length" if cut else "stop"}
+        responses.append(response_of(row, example.answer_type) if example is not None else text.strip())
+        finished.append(is_finished(row))
+    return responses, finished
 
 
 def words(text: str) -> int:
