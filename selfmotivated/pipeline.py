@@ -278,6 +278,9 @@ def policy_dir(run: Path) -> Path:
 # Settings that change how fast a stage runs, not what it produces (beyond float rounding; tested): changing one
 # reruns nothing.
 NOT_FINGERPRINTED = ("progress", "reuse_sampler_logprobs", "share_prompts", "share_prompt")
+# Settings added after runs were made, at the value that keeps the behaviour those runs had: left out of the
+# fingerprint at that value, so a finished run stays done, and counted at any other value.
+COUNTED_UNLESS = {"minibatch_by_question": False}
 
 
 def stage_settings(configs: list[tuple[str, object]], run: Path) -> list:
@@ -291,7 +294,8 @@ def stage_settings(configs: list[tuple[str, object]], run: Path) -> list:
         if isinstance(value, dict):
             # Prompt templates count by content: editing the file (or a new version of ours) reruns.
             return {k: templates_digest(v) if k == "templates" or k.endswith("_templates") else relative(v)
-                    for k, v in value.items() if k not in NOT_FINGERPRINTED}
+                    for k, v in value.items()
+                    if k not in NOT_FINGERPRINTED and not (k in COUNTED_UNLESS and v == COUNTED_UNLESS[k])}
         if isinstance(value, (list, tuple)):
             return [relative(v) for v in value]
         return value

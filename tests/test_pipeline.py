@@ -331,3 +331,20 @@ def test_ppo_samples_as_many_tokens_as_the_final_evaluation(tmp_path):
     from selfmotivated.evaluate import EvalConfig
 
     assert ppo_config(config, tmp_path).max_new_tokens == EvalConfig().max_new_tokens
+
+
+def test_a_setting_added_later_counts_only_away_from_its_old_behaviour(tmp_path):
+    """ppo.minibatch_by_question came after runs were made: at False (their behaviour) it is not in the
+    fingerprint, so they stay done; at True it is, and PPO reruns."""
+    import dataclasses
+
+    from selfmotivated.pipeline import round_plan
+
+    config = load_pipeline_config(DEMO)
+    config.ppo = {k: v for k, v in config.ppo.items() if k != "minibatch_by_question"}  # the demo sets it
+    before = round_plan(config, tmp_path, 1, "")
+    assert "minibatch_by_question" not in json.dumps(before["ppo"][2])
+    same = round_plan(dataclasses.replace(config, ppo={**config.ppo, "minibatch_by_question": False}), tmp_path, 1, "")
+    assert same["ppo"][1] == before["ppo"][1]
+    grouped = round_plan(dataclasses.replace(config, ppo={**config.ppo, "minibatch_by_question": True}), tmp_path, 1, "")
+    assert grouped["ppo"][1] != before["ppo"][1] and grouped["reward"][1] == before["reward"][1]

@@ -229,6 +229,29 @@ def test_several_minibatches_move_the_ratio_off_one():
     assert all(r["ppo/clipfrac"] == 0 and abs(r["ppo/approx_kl"]) < 1e-6 for r in update_rows(single))
 
 
+def test_minibatches_by_question_hold_whole_questions(monkeypatch):
+    """minibatch_by_question: each minibatch holds whole questions (4 samples each, 2 questions a minibatch
+    of 8), in an order that changes with the epoch; off, samples of a question are scattered."""
+    from selfmotivated.ppo.trainer import PPOTrainer
+
+    seen = []
+    step = PPOTrainer.minibatch_step
+
+    def spy(self, exp, index, *args, **kwargs):
+        seen.append(self._prompt_ids(exp)[index].tolist())
+        return step(self, exp, index, *args, **kwargs)
+
+    monkeypatch.setattr(PPOTrainer, "minibatch_step", spy)
+    settings = dict(iterations=2, advantage="rloo", samples_per_prompt=4, prompts_per_iteration=4,
+                    mini_batch_size=8, micro_batch_size=4)
+    toy_trainer(toy_config(minibatch_by_question=True, **settings)).train()
+    assert len(seen) == 8 and all(len(set(q)) == 2 and all(q.count(x) == 4 for x in q) for q in seen), seen
+    assert len({tuple(dict.fromkeys(q)) for q in seen}) > 1  # the questions' order is shuffled
+    seen.clear()
+    toy_trainer(toy_config(**settings)).train()
+    assert any(len(set(q)) > 2 for q in seen)
+
+
 def test_target_kl_stops_the_epochs_early_only_when_exceeded():
     settings = dict(iterations=2, mini_batch_size=4, micro_batch_size=4, ppo_epochs=3, learning_rate=3e-2)
     loose = toy_trainer(toy_config(target_kl=100.0, **settings))

@@ -101,6 +101,11 @@ class PPOConfig:
         "help": "passes over each rollout batch (with several minibatches each, the ratio leaves 1 and the "
                 "clip acts; target_kl ends them early)"})
     mini_batch_size: int = field(default=16, metadata={"help": "samples per optimizer step, per process"})
+    minibatch_by_question: bool = field(default=False, metadata={
+        "help": "minibatches of whole questions (the questions shuffled, each one's samples together, as GRPO "
+                "trainers batch groups) instead of shuffled samples: with share_prompts a minibatch encodes "
+                "each prompt once for all its samples, so an update reads a few prompts instead of nearly one "
+                "per sample (off: the order of runs made before it)"})
     micro_batch_size: int = field(default=4, metadata={
         "help": "samples per forward/backward pass (gradients accumulate up to mini_batch_size)"})
     clip_range: float = field(default=0.2, metadata={"help": "PPO ratio clip epsilon"})

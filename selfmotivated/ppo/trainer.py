@@ -402,9 +402,12 @@ class PPOTrainer:
         train_actor = not (config.advantage == "gae" and self.state.step < config.critic_warmup_iterations)
         train_critic = config.advantage == "gae"
         epochs_done, minibatches, early_stop = 0, 0, False
-        prompt_of = self._prompt_ids(exp) if config.share_prompts else None
+        prompt_of = self._prompt_ids(exp) if config.share_prompts or config.minibatch_by_question else None
         for _ in range(config.ppo_epochs):
             order = torch.randperm(len(exp), generator=gen)
+            if config.minibatch_by_question:  # questions in random order, each one's samples together
+                question_order = torch.randperm(int(prompt_of.max()) + 1, generator=gen)
+                order = order[torch.argsort(torch.argsort(question_order)[prompt_of[order]], stable=True)]
             for mb in order.split(config.mini_batch_size):
                 if config.share_prompts:
                     mb = _micro_batch_order(mb, prompt_of, exp.response_mask.sum(-1))
