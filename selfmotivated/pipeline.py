@@ -214,6 +214,9 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
         if "ppo_checker" in config.controls:
             cfg = ppo_config(config, run)
             cfg.reward, cfg.out, cfg.reward_model = "checker", str(run / "ppo_checker"), None
+            # No reward model, so no validity gate: the control keeps the default threshold whatever `ppo:`
+            # sets for SML's gate (which is then not the control's setting, and reruns nothing of it).
+            cfg.min_reward_auroc = type(cfg).__dataclass_fields__["min_reward_auroc"].default
             yield "ppo_checker", cfg
     elif stage == "sft_round2":
         if "sft_round2" in config.controls:

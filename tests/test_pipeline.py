@@ -348,3 +348,16 @@ def test_a_setting_added_later_counts_only_away_from_its_old_behaviour(tmp_path)
     assert same["ppo"][1] == before["ppo"][1]
     grouped = round_plan(dataclasses.replace(config, ppo={**config.ppo, "minibatch_by_question": True}), tmp_path, 1, "")
     assert grouped["ppo"][1] != before["ppo"][1] and grouped["reward"][1] == before["reward"][1]
+
+
+def test_the_checker_control_ignores_smls_gate_threshold(tmp_path):
+    """ppo_checker reads no reward model: lowering SML's min_reward_auroc reruns SML's PPO, not the control."""
+    import dataclasses
+
+    from selfmotivated.pipeline import round_plan
+
+    config = dataclasses.replace(load_pipeline_config(DEMO), controls=("ppo_checker",))
+    config.ppo = {k: v for k, v in config.ppo.items() if k != "min_reward_auroc"}
+    before = round_plan(config, tmp_path, 1, "")
+    lowered = round_plan(dataclasses.replace(config, ppo={**config.ppo, "min_reward_auroc": 0.0}), tmp_path, 1, "")
+    assert lowered["ppo_checker"][1] == before["ppo_checker"][1] and lowered["ppo"][1] != before["ppo"][1]
