@@ -172,13 +172,8 @@ def probe_throughput(model_name: str, dtype: str = "auto", device: str = "auto")
     lora_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
                                                   task_type="CAUSAL_LM"))
     lora = 256 / best(lambda: train_step(lora_model))
-    # Another job on the cores slows every rate several times over (two torch jobs: ~10x); the load average
-    # counts it. This probe itself adds about its thread count.
-    load_avg = max(x for x in (load_before, _load_average(), 0.0) if x is not None)
-    busy = ""
-    if dev.type == "cpu" and load_avg > torch.get_num_threads() + 1.0:
-        busy = (f"measured on a busy machine (load average {load_avg:.1f} with {torch.get_num_threads()} threads): "
-                "the rates are too low; `--reprobe` when the machine is quiet")
+    busy = busy_reason(load_before, torch.get_num_threads(), os.cpu_count() or 1) if dev.type == "cpu" else ""
+    if busy:
         logging.getLogger(__name__).warning("throughput probe: %s", busy)
     return Throughput(forward_tokens_per_s=round(forward, 1), lora_tokens_per_s=round(lora, 1),
                       full_tokens_per_s=round(full, 1),
@@ -186,6 +181,16 @@ def probe_throughput(model_name: str, dtype: str = "auto", device: str = "auto")
                       measured=f"{time.strftime('%Y-%m-%d %H:%M')}, {model_name}, "
                                f"{torch.get_num_threads()} threads",
                       load_seconds=round(load, 2), busy=busy)
+
+
+def busy_reason(load_before: float | None, threads: int, cores: int) -> str:
+    """Why rates probed now would be too low, or "": other work on the cores the probe's threads need. Another
+    torch job slows every rate several times over (two of them: ~10x). Judged by the load average read before
+    the probe starts (the probe's own load would count otherwise)."""
+    if load_before is None or load_before + threads <= cores + 0.5:
+        return ""
+    return (f"measured on a busy machine (load average {load_before:.1f} before the probe, {threads} threads on "
+            f"{cores} cores): the rates are too low; `--reprobe` when the machine is quiet")
 
 
 def _load_average() -> float | None:

@@ -134,14 +134,25 @@ def _data(config: PipelineConfig, dataset: str, split: str, limit: int | None) -
 
 def transfer_data(config: PipelineConfig, dataset: str) -> DataConfig:
     """The transfer test set of `dataset`: its test split with `config.transfer` over the data settings."""
+    from .data import check_task_options
+
+    fixed = sorted(set(config.transfer) & {"dataset", "split", "limit", "data_dir"})
+    if fixed:
+        raise ValueError(f"transfer: {', '.join(fixed)} cannot change (the transfer set is the same dataset's test "
+                         "split, one level up): set task options or sizes, e.g. transfer: {task_options: {...}}")
     data = {**config.data, **config.transfer}
     if "task_options" in config.transfer:
         from .data import parse_task_options
 
         data["task_options"] = {**parse_task_options(config.data.get("task_options") or {}),
                                 **parse_task_options(config.transfer["task_options"] or {})}
-    return build_config(DataConfig, {**data, "dataset": dataset, "data_dir": config.data_dir, "split": "test",
-                                     "limit": config.test_limit}, "transfer")
+    built = build_config(DataConfig, {**data, "dataset": dataset, "data_dir": config.data_dir, "split": "test",
+                                      "limit": config.test_limit}, "transfer")
+    try:
+        check_task_options(built)
+    except ValueError as err:
+        raise ValueError(f"transfer: {err}") from None
+    return built
 
 
 def transfer_models(config: PipelineConfig, run: Path, round_: int = 1) -> list[tuple[str, Path | str]]:

@@ -74,6 +74,14 @@ def test_stage_work_follows_the_settings():
     assert by_stage(estimate_pipeline(demo(), slower))["sft"]["minutes"] > base["sft"]["minutes"]  # full SFT
 
 
+def test_a_probe_beside_other_work_is_called_busy():
+    from selfmotivated.estimate import busy_reason
+
+    assert busy_reason(0.1, threads=2, cores=2) == "" and busy_reason(None, 2, 2) == ""
+    assert "busy machine (load average 2.0 before the probe, 2 threads on 2 cores)" in busy_reason(2.0, 2, 2)
+    assert busy_reason(2.0, threads=2, cores=8) == ""  # room on the other cores
+
+
 def test_rates_are_measured_once_then_read_from_the_cache(tmp_path):
     calls = []
 

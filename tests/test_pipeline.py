@@ -361,3 +361,14 @@ def test_the_checker_control_ignores_smls_gate_threshold(tmp_path):
     before = round_plan(config, tmp_path, 1, "")
     lowered = round_plan(dataclasses.replace(config, ppo={**config.ppo, "min_reward_auroc": 0.0}), tmp_path, 1, "")
     assert lowered["ppo_checker"][1] == before["ppo_checker"][1] and lowered["ppo"][1] != before["ppo"][1]
+
+
+def test_a_bad_transfer_setting_fails_when_the_config_loads(tmp_path):
+    """Not after hours of training at the last stage: an unknown task option, or a key the transfer set cannot
+    change, is an error naming `transfer` when the config is read."""
+    text = (REPO / "configs" / "demo.yaml").read_text().replace("{min_terms: 3, max_terms: 3}", "{max_term: 3}")
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ValueError, match=r"transfer: rg:chain_sum: unknown task option\(s\) \['max_term'\]"):
+        load_pipeline_config(tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match="transfer: dataset cannot change"):
+        load_pipeline_config(DEMO, {"transfer": {"dataset": "synthetic_coin_flip"}})

@@ -67,3 +67,11 @@ def test_sample_next_uses_each_rows_generator():
     alone = sample_next(logits[2:3], params, [torch.Generator().manual_seed(2)])
     assert first[0][2] == alone[0][0]
     assert torch.allclose(first[1][2], alone[1][0]) and torch.allclose(first[2][2], alone[2][0])
+
+
+def test_rows_with_no_token_to_draw_are_an_error_not_a_token():
+    logits = lm_like_logits(3, 5000, seed=3)
+    logits[1] = float("nan")
+    params = SamplingParams(temperature=1.0, max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\].*NaN or all -inf"):
+        _sample(logits, params, torch.rand(3, dtype=torch.float64))

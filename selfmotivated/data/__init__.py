@@ -243,6 +243,30 @@ def _load_splits(config: DataConfig) -> tuple[dict[str, list[Example]], LoadRepo
     return splits, report, kind
 
 
+def check_task_options(config: DataConfig) -> None:
+    """Fail now, naming the option, when config.task_options has a name (or, for our synthetic tasks, a value)
+    the task does not take: without generating any question, so a config is checked before hours of work."""
+    kind = _source_kind(config.dataset)
+    _check_task_options(config, kind)
+    if not config.task_options:
+        return
+    if kind == "rg":
+        from .rg import task_name, task_option_defaults
+
+        task = task_name(config.dataset)
+        unknown = sorted(set(config.task_options) - set(task_option_defaults(task)))
+        if unknown:
+            raise DataError(f"{config.dataset}: unknown task option(s) {unknown}; allowed: "
+                            f"{sorted(task_option_defaults(task))}")
+    elif kind == "synthetic":
+        from .synthetic import resolve_options
+
+        try:
+            resolve_options(config.dataset, config.synthetic_size, config.task_options)
+        except ValueError as err:
+            raise DataError(str(err)) from None
+
+
 def _check_task_options(config: DataConfig, kind: str) -> None:
     if config.task_options and kind not in ("synthetic", "rg"):
         raise DataError(

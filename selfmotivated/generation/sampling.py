@@ -126,7 +126,9 @@ def _sample(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor) -> to
 
     Each row takes the token where u * (total mass) falls in the cumulative distribution in vocabulary order,
     whichever path computes it, so a row draws the same token from the same u on every path (up to float
-    rounding in the last place)."""
+    rounding in the last place). Exactly tied scores at the nucleus boundary (rare in float32, common in bf16
+    logits) may keep a different one of the tied tokens than the full sort does, as two sorts may: the
+    distribution is the same."""
     top_k, top_p = params.top_k, params.top_p
     scores = logits / params.temperature if params.temperature != 1.0 else logits
     if top_k > 0 and top_k < scores.shape[-1]:
@@ -164,6 +166,11 @@ def _inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     Long rows go in two steps (see CDF_BLOCK): the block where the target falls, from float64 sums of the
     blocks, then the token inside that block."""
     B, V = probs.shape
+    total = probs.sum(dim=-1)
+    if not bool(torch.isfinite(total).all() and (total > 0).all()):
+        bad = (~(torch.isfinite(total) & (total > 0))).nonzero()[:, 0].tolist()
+        raise ValueError(f"cannot sample row(s) {bad[:8]}: their logits are NaN or all -inf (a model in half "
+                         "precision that overflowed, or a filter that left no token)")
     if V <= 2 * CDF_BLOCK:
         cdf = probs.double().cumsum(dim=-1)
         token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
@@ -185,7 +192,7 @@ def _inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def _last_positive(weights: torch.Tensor) -> torch.Tensor:
-    """Index (B,) of each row's last positive entry (0 when none)."""
+    """Index (B,) of each row's last positive entry (rows have one: `_inverse_cdf_sample` checks)."""
     n = weights.shape[-1]
     return n - 1 - (weights.flip(-1) > 0).int().argmax(dim=-1)
 

@@ -35,6 +35,15 @@ def find_validity_report(reward_path: str | Path) -> Path | None:
 MIN_QUESTIONS_WITH_BOTH = 10
 
 
+def gate_figure(report: dict, within_question: bool) -> tuple[float | None, str]:
+    """(value, name) of the validity figure the gate reads: the within-question AUROC for a per-question
+    baseline when enough questions have both a right and a wrong sample, else the overall AUROC."""
+    n_both = report.get("n_questions_with_both") or 0
+    if within_question and report.get("within_question_auroc") is not None and n_both >= MIN_QUESTIONS_WITH_BOTH:
+        return report["within_question_auroc"], "within-question AUROC"
+    return report.get("auroc"), "AUROC"
+
+
 def check_reward_validity(reward_path: str | Path, min_auroc: float, within_question: bool = False) -> dict | None:
     """Refuse (RewardModelInvalid) when the reward model's validity report, from fresh samples of held-out
     training questions, says its score does not follow the answer checker: the AUROC is below min_auroc.
@@ -51,8 +60,8 @@ def check_reward_validity(reward_path: str | Path, min_auroc: float, within_ques
         return None
     report = json.loads(path.read_text())
     n_both = report.get("n_questions_with_both") or 0
-    if within_question and report.get("within_question_auroc") is not None and n_both >= MIN_QUESTIONS_WITH_BOTH:
-        value = report["within_question_auroc"]
+    value, which = gate_figure(report, within_question)
+    if which != "AUROC":
         what = (f"the AUROC of its score against the answer checker among each question's own samples (mean over "
                 f"the {n_both} held-out training questions with a right and a wrong one of {report.get('n', '?')} "
                 f"fresh samples) is {{shown}}")
@@ -63,7 +72,7 @@ def check_reward_validity(reward_path: str | Path, min_auroc: float, within_ques
         if within_question:
             log.warning("reward validity: %d question(s) with a right and a wrong sample, fewer than %d: the gate "
                         "reads the overall AUROC", n_both, MIN_QUESTIONS_WITH_BOTH)
-        value, why = report.get("auroc"), ""
+        why = ""
         what = (f"AUROC of its score against the answer checker on {report.get('n', '?')} fresh samples of held-out "
                 f"training questions is {{shown}}")
     if value is None or value < min_auroc:

@@ -33,13 +33,10 @@ def auroc_interval(value: float | None, n_right, n_wrong) -> tuple[float, float]
 def _gate(run: Run, v: dict) -> str:
     """PPO's gate: its threshold and what it decided (or would decide) on the figure it reads (ppo/gate.py:
     the within-question AUROC with a per-question baseline, rloo, the default; else the overall AUROC)."""
-    from ..ppo.gate import MIN_QUESTIONS_WITH_BOTH
+    from ..ppo.gate import gate_figure
 
-    value, which = _num(v.get("auroc")), "AUROC"
-    within, n_both = _num(v.get("within_question_auroc")), _num(v.get("n_questions_with_both")) or 0
-    if (_get(run.config, "ppo", "advantage") or "rloo") == "rloo" and within is not None \
-            and n_both >= MIN_QUESTIONS_WITH_BOTH:
-        value, which = within, "within-question AUROC"
+    value, which = gate_figure(v, (_get(run.config, "ppo", "advantage") or "rloo") == "rloo")
+    value = _num(value)
     threshold = _num(_get(run.config, "ppo", "min_reward_auroc"))
     if threshold is None and isinstance(run.config.get("ppo"), dict):  # the config leaves it at the default
         from ..ppo.config import PPOConfig
