@@ -1,5 +1,9 @@
-"""Where the engine's time goes, by phase, on 64 zero-shot GSM8K prompts (160 new tokens, T=0.7, 64 slots)."""
-import json, sys, time, collections
+"""Where the engine's time goes, by phase, on 64 zero-shot GSM8K prompts (160 new tokens, T=0.7, 64 slots).
+
+    python results/speed/profile_engine.py TOP_P [old]
+"old" times the sampler before the top-k nucleus: `git show 5dcdf3f:selfmotivated/generation/sampling.py >
+old_sampling.py` in the folder named below. MODEL=tiny-random for a smoke run."""
+import collections, json, os, sys, time
 import torch
 from selfmotivated.models import load_model
 from selfmotivated.generation import SamplingParams
@@ -23,7 +27,7 @@ for n in ("admit", "decode_step", "decode_forward", "push_tokens", "retire_finis
 import selfmotivated.generation.sampling as S
 sn = S.sample_next
 if len(sys.argv) > 2 and sys.argv[2] == "old":  # the sampler before the top-k nucleus and block-wise CDF
-    sys.path.insert(0, "/root/sml-runs")
+    sys.path.insert(0, os.environ.get("OLD_SAMPLER_DIR", "."))
     import old_sampling
     sn = old_sampling.sample_next
 def timed_sample(*a, **k):
