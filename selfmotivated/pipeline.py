@@ -155,10 +155,10 @@ def transfer_data(config: PipelineConfig, dataset: str) -> DataConfig:
     return built
 
 
-def transfer_models(config: PipelineConfig, run: Path, round_: int = 1) -> list[tuple[str, Path | str]]:
-    """(row key, model) of every model the transfer stage evaluates, in the accuracy table's order."""
-    models = [("base", config.model)] if round_ == 1 else []
-    models += [("sft", run / "sft" / "model"), ("sml", policy_dir(run))]
+def trained_models(config: PipelineConfig, run: Path) -> list[tuple[str, Path]]:
+    """(row key, model folder) of every model a round trains, in the accuracy table's order: what the evaluate
+    stage measures (and the transfer stage, with the base model)."""
+    models = [("sft", run / "sft" / "model"), ("sml", policy_dir(run))]
     if "ppo_checker" in config.controls:
         models.append(("ppo_checker", run / "ppo_checker" / "policy"))
     if "sft_round2" in config.controls:
@@ -243,12 +243,8 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
                 data=ppo.data)
     elif stage == "evaluate":
         for ds in config.eval_datasets:
-            yield f"sft/{ds}", eval_config(str(run / "sft" / "model"), "sft", ds)
-            yield f"sml/{ds}", eval_config(str(policy_dir(run)), "sml", ds)
-            if "ppo_checker" in config.controls:
-                yield f"ppo_checker/{ds}", eval_config(str(run / "ppo_checker" / "policy"), "ppo_checker", ds)
-            if "sft_round2" in config.controls:
-                yield f"sft_round2/{ds}", eval_config(str(run / "sft_round2" / "model"), "sft_round2", ds)
+            for key, model in trained_models(config, run):
+                yield f"{key}/{ds}", eval_config(str(model), key, ds)
     elif stage == "best_of_n":
         if config.best_of_n:
             from .reward import RerankConfig
@@ -263,7 +259,8 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
     elif stage == "transfer":
         if config.transfer:
             for ds in config.eval_datasets:
-                for key, model in transfer_models(config, run, round_):
+                base = [("base", config.model)] if round_ == 1 else []  # later rounds start from SML
+                for key, model in base + trained_models(config, run):
                     yield f"{key}/{ds}{TRANSFER_SUFFIX}", eval_config(str(model), key, ds, transfer=True)
     else:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
