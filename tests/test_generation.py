@@ -440,3 +440,68 @@ def test_int8_weights_decode_through_the_engine_and_refuse_training():
         load_model("tiny-random", dtype="int8", for_training=True)
     with pytest.raises(ValueError, match="CPU only"):
         load_model("tiny-random", dtype="int8", device="cuda:0" if torch.cuda.is_available() else "meta")
+
+
+# Packed weights (EngineConfig.pack_weights): oneDNN copies made per call, forwards restored after it.
+needs_pack = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+@needs_pack
+def test_packed_linears_match_f_linear_and_restore_forwards():
+    from selfmotivated.generation.engine import packed_linears
+
+    torch.manual_seed(0)
+    plain, biased = torch.nn.Linear(32, 48, bias=False), torch.nn.Linear(32, 16)
+    other = torch.nn.Embedding(5, 4)  # not a Linear: untouched
+    x = torch.randn(3, 7, 32)
+    with torch.inference_mode():
+        expected = [plain(x), biased(x)]
+        with packed_linears([plain, biased, other]) as patched:
+            assert patched == [plain, biased] and "forward" in plain.__dict__
+            got = [plain(x), biased(x)]
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert "forward" not in plain.__dict__ and "forward" not in biased.__dict__
+    with torch.no_grad():
+        plain.weight.mul_(2)  # a weight changed between calls is packed anew
+        with torch.inference_mode(), packed_linears([plain]):
+            assert torch.allclose(plain(x), 2 * expected[0], atol=1e-5)
+
+
+@needs_pack
+@pytest.mark.parametrize("lora", [False, True])
+def test_engine_with_packed_weights_gives_the_unpacked_tokens_and_logprobs(prompts, lora):
+    """Greedy tokens equal and sampled log-probs within float rounding, with and without a LoRA adapter
+    (whose base layers are packed under the wrapper); the model's forwards are its own again afterwards."""
+    model, tokenizer = build_tiny_model()  # its own copy: the LoRA wrapper changes it in place
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, init_lora_weights=False,
+                                                 target_modules=["q_proj", "v_proj", "up_proj"]))
+    texts = prompts[:4]
+    for params in (SamplingParams(max_new_tokens=8),
+                   SamplingParams(max_new_tokens=8, temperature=0.9, seed=3, n=2, return_logprobs=True)):
+        packed = make_generator(model, tokenizer, "engine").generate(texts, params)
+        plain = make_generator(model, tokenizer, "engine", pack_weights=False).generate(texts, params)
+        assert token_ids(packed) == token_ids(plain)
+        if params.return_logprobs:
+            a = torch.tensor([lp for r in packed for c in r for lp in c.logprobs])
+            b = torch.tensor([lp for r in plain for c in r for lp in c.logprobs])
+            assert torch.allclose(a, b, atol=1e-4)
+    assert not [m for m in model.modules() if "forward" in m.__dict__]
+
+
+def test_bench_generate_unpacked_reports_the_pack_speedup(capsys):
+    from selfmotivated.cli import main
+    from selfmotivated.generation.bench import format_bench_result
+
+    code = main(["bench", "generate", "--model", "tiny-random", "--dataset", "synthetic_coin_flip",
+                 "--prompt", "zero-shot", "--batch-size", "2", "--num-prompts", "3", "--new-tokens", "4",
+                 "--unpacked", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pack_speedup"] == pytest.approx(result["engine_tokens_per_s"] / result["unpacked_tokens_per_s"])
+    assert result["pack_greedy_prompts"] == 3 and 0 <= result["pack_greedy_identical_rows"] <= 1
+    assert result["engine_fraction_of_peak_with_prompts"] > result["engine_fraction_of_peak"]
+    assert "packed weights" in format_bench_result(result)

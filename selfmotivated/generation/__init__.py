@@ -83,6 +83,11 @@ class EngineConfig:
     min_prefix_tokens: int = field(default=8, metadata={"help": "Shorter common prefixes are not shared."})
     prefill_tokens: int = field(default=4096, metadata={"help": "Most prompt tokens encoded in one forward "
                                                                 "pass; bounds activation memory."})
+    pack_weights: bool = field(default=True, metadata={"help": "On CPU in float32, run every linear layer "
+                                                               "from a oneDNN-packed copy of its weight made "
+                                                               "once per generate call (~1.3x faster matmuls; "
+                                                               "holds a second copy of the weights during the "
+                                                               "call)."})
 
     def __post_init__(self):
         for name in ("max_seqs", "max_tokens", "prefill_tokens"):

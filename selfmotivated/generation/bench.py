@@ -60,6 +60,9 @@ class BenchGenerateConfig:
     int8: bool = field(default=False, metadata={
         "help": "also time the engine with int8 weights (CPU; dtype int8 in eval) and measure its greedy "
                 "agreement with the float model on the same prompts"})
+    unpacked: bool = field(default=False, metadata={
+        "help": "also time the engine without packed weights (EngineConfig.pack_weights off: torch's own "
+                "F.linear), alternating with the packed engine, and measure their greedy agreement"})
     dtype: str = field(default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on CUDA), float32, "
                                                          "bfloat16, float16"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
@@ -141,6 +144,17 @@ def measure_matmul_peak(model, device: str = "cpu", seconds: float = 0.5) -> dic
             if elapsed >= seconds:
                 break
         rates[name] = 2 * m * k * n * reps / elapsed / 1e9
+    from selfmotivated.generation.engine import _can_pack
+
+    if device == "cpu" and _can_pack():  # the engine's packed oneDNN kernel counts towards the peak too
+        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        packed = torch.ops.mkldnn._reorder_linear_weight(b, None)
+        torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+            reps += 1
+        rates["square_2048_onednn_packed"] = 2 * 2048**3 * reps / (time.perf_counter() - start) / 1e9
     return {"peak_gflops": max(rates.values()), "matmul_gflops": rates}
 
 
@@ -150,10 +164,11 @@ def _model_config(model):
     return _base_model(model).config
 
 
-def _time_backend(model, tokenizer, backend: str, prompts: list[str], params, batch_size: int) -> dict:
+def _time_backend(model, tokenizer, backend: str, prompts: list[str], params, batch_size: int,
+                  pack_weights: bool = True) -> dict:
     from selfmotivated.generation import make_generator
 
-    generator = make_generator(model, tokenizer, backend, max_seqs=batch_size)
+    generator = make_generator(model, tokenizer, backend, max_seqs=batch_size, pack_weights=pack_weights)
     start, cpu_start = time.perf_counter(), time.process_time()
     results = generator.generate(prompts, params)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -178,18 +193,27 @@ def _time_int8(model, tokenizer, prompts: list[str], params, config: BenchGenera
     quantized = quantize_int8(copy.deepcopy(model))
     runs = [_time_backend(quantized, tokenizer, "engine", prompts, params, config.engine_slots)
             for _ in range(config.repeats)]
+    agree = _greedy_agreement(model, tokenizer, prompts[:32], params, config.engine_slots, (quantized, {}), {})
+    return {"tokens_per_s": max(r["tokens_per_s"] for r in runs), "runs": runs, **agree}
+
+
+def _greedy_agreement(model, tokenizer, prompts: list[str], params, slots: int, other: dict, mine: dict) -> dict:
+    """Greedy decoding of `prompts` by two engine settings: the share of identical rows and of each row's tokens
+    before the first difference (mean over rows)."""
+    import dataclasses
+
+    from selfmotivated.generation import make_generator
+
     greedy = dataclasses.replace(params, temperature=0.0, seed=None)
-    first = prompts[:32]
-    outputs = [make_generator(m, tokenizer, "engine", max_seqs=config.engine_slots).generate(first, greedy)
-               for m in (model, quantized)]
+    outputs = [make_generator(m, tokenizer, "engine", max_seqs=slots, **options).generate(prompts, greedy)
+               for m, options in ((model, mine), other)]
     pairs = [(a[0].token_ids, b[0].token_ids) for a, b in zip(*outputs)]
 
     def agreement(a: list[int], b: list[int]) -> float:
         same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         return same / max(1, len(a)) if a != b else 1.0
 
-    return {"tokens_per_s": max(r["tokens_per_s"] for r in runs), "runs": runs, "greedy_prompts": len(first),
-            "identical_rows": sum(a == b for a, b in pairs) / len(pairs),
+    return {"greedy_prompts": len(prompts), "identical_rows": sum(a == b for a, b in pairs) / len(pairs),
             "token_agreement": sum(agreement(a, b) for a, b in pairs) / len(pairs)}
 
 
@@ -224,13 +248,19 @@ def run_bench_generate(config: BenchGenerateConfig) -> dict:
     for backend in ("engine", config.baseline):
         _time_backend(model, tokenizer, backend, engine_prompts[:2], warm, 2)
 
-    runs: dict[str, list[dict]] = {"engine": [], config.baseline: []}
+    runs: dict[str, list[dict]] = {"engine": [], config.baseline: [], **({"unpacked": []} if config.unpacked else {})}
     for repeat in range(config.repeats):
-        order = ["engine", config.baseline] if repeat % 2 else [config.baseline, "engine"]
-        for backend in order:
+        order = [config.baseline, "engine"] + (["unpacked"] if config.unpacked else [])
+        for name in (order[::-1] if repeat % 2 else order):
+            backend = "engine" if name == "unpacked" else name
             batch = {"engine": config.engine_slots, "hf": config.batch_size, "hf-single": 1}[backend]
             use = engine_prompts if backend == "engine" else baseline_prompts
-            runs[backend].append(_time_backend(model, tokenizer, backend, use, params, batch))
+            runs[name].append(_time_backend(model, tokenizer, backend, use, params, batch,
+                                            pack_weights=name != "unpacked"))
+    unpacked = {}
+    if config.unpacked:
+        unpacked = _greedy_agreement(model, tokenizer, engine_prompts[:32], params, config.engine_slots,
+                                     (model, {"pack_weights": False}), {})
     int8 = _time_int8(model, tokenizer, engine_prompts, params, config) if config.int8 else {}
     peak = measure_matmul_peak(model, device=device if device.startswith("cuda") else "cpu")
     load_after = _load_average()
@@ -271,6 +301,17 @@ def run_bench_generate(config: BenchGenerateConfig) -> dict:
             "int8_greedy_identical_rows": int8["identical_rows"],
             "int8_greedy_token_agreement": int8["token_agreement"],
             "int8_greedy_prompts": int8["greedy_prompts"]} if int8 else {}),
+        **({"unpacked_tokens_per_s": best["unpacked"]["tokens_per_s"],
+            "unpacked_fraction_of_peak": best["unpacked"]["tokens_per_s"] * flops_per_token / 1e9
+            / peak["peak_gflops"],
+            "pack_speedup": engine_tps / best["unpacked"]["tokens_per_s"],
+            "pack_greedy_identical_rows": unpacked["identical_rows"],
+            "pack_greedy_token_agreement": unpacked["token_agreement"],
+            "pack_greedy_prompts": unpacked["greedy_prompts"]} if unpacked else {}),
+        # The prompt tokens the engine encodes count as work too: shared prefix once, each suffix once.
+        "engine_fraction_of_peak_with_prompts": (
+            (engine_tps * best["engine"]["seconds"] + shared + sum(len(ids) - shared for ids in encoded))
+            * flops_per_token / 1e9 / best["engine"]["seconds"] / peak["peak_gflops"]),
         "flops_per_token": flops_per_token,
         "runs": runs,
         "load_average": [load_before, load_after],
@@ -291,6 +332,8 @@ def format_bench_result(result: dict) -> str:
         f"  {'engine':<9} {result['engine_tokens_per_s']:8.1f} tokens/s  {result['engine_gflops']:7.1f} GFLOP/s"
         f"  ({100 * result['engine_fraction_of_peak']:.0f}% of peak; {result.get('engine_slots', '?')} slots)",
         f"  speedup   {result['speedup']:.2f}x over {base} (per CPU-second: {result['cpu_speedup']:.2f}x)",
+        f"  with the prompt tokens it encodes counted as work: "
+        f"{100 * result['engine_fraction_of_peak_with_prompts']:.0f}% of peak",
         f"  matmul peak {result['peak_gflops']:.1f} GFLOP/s (fp32, same run; GFLOP/s count 2 x "
         f"{result['flops_per_token'] / 2 / 1e6:.1f}M params per new token)",
     ]
@@ -300,6 +343,12 @@ def format_bench_result(result: dict) -> str:
                      f"the float engine); greedy on {result['int8_greedy_prompts']} prompts: "
                      f"{100 * result['int8_greedy_identical_rows']:.0f}% of rows identical, "
                      f"{100 * result['int8_greedy_token_agreement']:.0f}% of tokens before the first difference")
+    if "unpacked_tokens_per_s" in result:
+        lines.append(f"  {'unpacked':<9} {result['unpacked_tokens_per_s']:8.1f} tokens/s  "
+                     f"({100 * result['unpacked_fraction_of_peak']:.0f}% of peak): packed weights "
+                     f"{result['pack_speedup']:.2f}x; greedy on {result['pack_greedy_prompts']} prompts: "
+                     f"{100 * result['pack_greedy_identical_rows']:.0f}% of rows identical, "
+                     f"{100 * result['pack_greedy_token_agreement']:.0f}% of tokens before the first difference")
     load = result.get("load_average") or [None, None]
     if load[0] is not None:
         lines.append(f"  load average {load[0]:.2f} before, {load[1]:.2f} after (a busy machine makes numbers noisy)")

@@ -26,6 +26,15 @@ prefix + slots * (cap + 1) <= `max_tokens`. A prompt that cannot fit even alone 
 Sampling: each row draws from its own generator seeded by (call seed, prompt index, sample index), so
 a row's samples do not depend on the batch it happened to run in. Decoding rules: `sampling.py`.
 
+Weights on CPU: at the start of a call every plain float32 `nn.Linear` the engine reaches (q/k/v/o, MLP,
+LM head, and the base layers inside LoRA wrappers) gets a oneDNN-packed copy of its weight, and its forward
+is pointed at that copy until the call ends (`EngineConfig.pack_weights`). Why by hand: torch's CPU
+`F.linear` packs the weight into the GEMM's blocked layout again on every call, which for the few rows of a
+decoding step costs about as much as the multiply; packing once per call makes the decoder's matmuls ~1.3x
+and the LM head's ~1.7x faster on this project's 2-core CPU. The sums run in another order, so outputs
+match `F.linear` to float rounding (~1e-6), not bit for bit. Weights cannot change during a call (inference
+mode), and the next call packs them again, so optimizer steps between calls still take effect.
+
 Rotary cos/sin come from the model's own rotary module for all positions of the call at once, which
 is exact for static rope scalings (default, linear, llama3, yarn); a "dynamic" NTK scaling would be
 applied as for the call's longest sequence from the first token on.
@@ -33,6 +42,7 @@ applied as for the call's longest sequence from the first token on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections import deque
@@ -149,8 +159,15 @@ class EngineGenerator:
                 self._warned_window = True
             return self.hf.generate(prompts, params, progress)
 
-        with eval_mode(self.model), torch.inference_mode():
+        with eval_mode(self.model), torch.inference_mode(), self.packed_weights():
             return _Run(self, encoded, params, progress).run()
+
+    def packed_weights(self):
+        """The context of a call's packed weights (see the module docstring); a no-op where packing does not apply."""
+        if not (self.config.pack_weights and _can_pack()):
+            return contextlib.nullcontext()
+        base = _base_model(self.model)
+        return packed_linears([*base.model.layers.modules(), base.lm_head])
 
     def shared_prefix_length(self, encoded: list[list[int]]) -> int:
         """Tokens shared by every prompt, kept below each prompt's length (each row needs >= 1 own token)."""
@@ -461,6 +478,36 @@ class _Run:
         return _lm_head(self.lm_head, h)  # (A, V)
 
 
+def _can_pack() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+@contextlib.contextmanager
+def packed_linears(modules):
+    """Within the block, each plain float32 CPU `nn.Linear` among `modules` computes from a oneDNN-packed copy
+    of its weight, made on entry; on exit every forward is the module's own again."""
+    patched = []
+    try:
+        for module in modules:
+            weight = getattr(module, "weight", None)
+            if (type(module) is not torch.nn.Linear or weight.device.type != "cpu" or weight.dtype != torch.float32
+                    or "forward" in module.__dict__):
+                continue
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+            module.forward = _packed_forward(packed, module.bias)
+            patched.append(module)
+        yield patched
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def _packed_forward(packed: torch.Tensor, bias: torch.Tensor | None):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return forward
+
+
 def _lm_head(module, x: torch.Tensor) -> torch.Tensor:
     """`module(x)` for the LM head; for a plain `nn.Linear` on CPU and a few rows, computed as (W @ x^T)^T.
 
@@ -469,7 +516,8 @@ def _lm_head(module, x: torch.Tensor) -> torch.Tensor:
     W @ x^T computes the same numbers in 27 ms. (For the decoder layers' smaller weights both orders take
     the same time, and for many rows x @ W^T is faster.) The weight is read from the module at each call,
     so in-place updates apply; any other module (a PEFT layer, a quantized linear) is simply called."""
-    if type(module) is not torch.nn.Linear or x.device.type != "cpu" or x.numel() > 64 * x.shape[-1]:
+    if (type(module) is not torch.nn.Linear or x.device.type != "cpu" or x.numel() > 64 * x.shape[-1]
+            or "forward" in module.__dict__):  # packed for this call (`packed_linears`): faster still
         return module(x)
     rows = x.reshape(-1, x.shape[-1])
     y = torch.matmul(module.weight, rows.t()).t()  # (N, out)
