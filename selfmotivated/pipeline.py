@@ -288,7 +288,7 @@ def policy_dir(run: Path) -> Path:
 
 # Settings that change how fast a stage runs, not what it produces (beyond float rounding; tested): changing one
 # reruns nothing.
-NOT_FINGERPRINTED = ("progress", "reuse_sampler_logprobs", "share_prompts", "share_prompt")
+NOT_FINGERPRINTED = ("progress", "reuse_sampler_logprobs", "share_prompts", "share_prompt", "pack_weights")
 # Settings added after runs were made, at the value that keeps the behaviour those runs had: left out of the
 # fingerprint at that value, so a finished run stays done, and counted at any other value.
 COUNTED_UNLESS = {"minibatch_by_question": False}

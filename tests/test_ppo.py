@@ -164,13 +164,15 @@ def exact_kl(trainer) -> float:
 
 def test_kl_penalty_keeps_the_policy_near_the_reference():
     kl, gain = {}, {}
-    for beta in (0.0, 0.1, 1.0):
+    # beta 0.1 and 1.0 both hold this toy policy within ~1 nat, and their order then turns on float rounding
+    # (it differs between seeds); 0.03 sits clearly between "free" and "held".
+    for beta in (0.0, 0.03, 1.0):
         trainer = toy_trainer(toy_config(kl_coef=beta, iterations=10))
         trainer.train()
         kl[beta] = exact_kl(trainer)
         s = scores(trainer)
         gain[beta] = sum(s[-3:]) / 3 - s[0]
-    assert kl[0.0] > kl[0.1] > kl[1.0], kl  # the larger beta, the closer to the reference
+    assert kl[0.0] > kl[0.03] > kl[1.0], kl  # the larger beta, the closer to the reference
     assert kl[0.0] > 4.0 and kl[1.0] < 0.1 * kl[0.0], kl
     assert kl[1.0] < 1.0, kl  # nats per 8-token response: with beta high the policy barely moves
     assert gain[0.0] > gain[1.0] + 0.15 and abs(gain[1.0]) < 0.1, gain

@@ -136,7 +136,8 @@ def test_a_run_with_the_speed_options_ends_where_the_plain_run_ends():
                     mini_batch_size=8, micro_batch_size=4, kl_coef=0.05)
     runs = {}
     for fast in (False, True):
-        trainer = toy_trainer(toy_config(reuse_sampler_logprobs=fast, share_prompts=fast, **settings))
+        trainer = toy_trainer(toy_config(reuse_sampler_logprobs=fast, share_prompts=fast, pack_weights=fast,
+                                         **settings))
         before = snapshot(trainer.ac)
         trainer.train()
         runs[fast] = (trainer, before, snapshot(trainer.ac))
@@ -150,6 +151,8 @@ def test_a_run_with_the_speed_options_ends_where_the_plain_run_ends():
                                                                       abs=1e-5)
     assert all(r["rollout/sampler_logprobs_reused"] == 1 and r["rollout/logprob_diff"] < 1e-5 for r in rows[True])
     assert all(r["ppo/entropy"] > 0 for r in rows[True])
+    # packed weights (CPU, oneDNN) are for the no-grad passes only: every forward is the module's own after it
+    assert not [m for m in fast.ac.modules() if "forward" in m.__dict__]
 
 
 def test_micro_batch_order_is_a_permutation_that_groups_questions():
@@ -169,7 +172,7 @@ def test_speed_options_count_in_no_stage_fingerprint(tmp_path):
     from selfmotivated.reward import RewardConfig
 
     assert stage_settings([("ppo", PPOConfig())], tmp_path) == stage_settings(
-        [("ppo", PPOConfig(reuse_sampler_logprobs=False, share_prompts=False))], tmp_path)
+        [("ppo", PPOConfig(reuse_sampler_logprobs=False, share_prompts=False, pack_weights=False))], tmp_path)
     assert stage_settings([("reward", RewardConfig())], tmp_path) == stage_settings(
         [("reward", RewardConfig(share_prompt=False))], tmp_path)
     assert stage_settings([("ppo", PPOConfig())], tmp_path) != stage_settings([("ppo", PPOConfig(top_p=0.9))],

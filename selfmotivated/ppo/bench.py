@@ -64,7 +64,8 @@ class BenchPPOConfig:
     )
     seed: int = field(default=0, metadata={"help": "seed"})
     compare: bool = field(default=True, metadata={
-        "help": "also time the plain path (old log-probs by a forward pass, no prompt sharing) interleaved with "
+        "help": "also time the plain path (old log-probs by a forward pass, no prompt sharing, no packed "
+                "weights) interleaved with "
                 "the optimised one in one process: rollouts_per_second, baseline_rollouts_per_second, speedup"})
     memory: bool = field(default=True, metadata={
         "help": "measure PPO's peak memory against one SFT LoRA step (two more processes)"})
@@ -149,8 +150,8 @@ def _speed_summary(compared: dict, samples: int) -> dict:
     out["same_first_rollouts"] = compared["same_first_rollouts"]
     # How far the reused sampler log-probs are from a forward pass's (mean |difference| per token, both paths).
     out["sampler_logprob_diff"] = compared["sampler_logprob_diff"]
-    out["baseline"] = "old log-probs by a forward pass, every row encoded whole (reuse_sampler_logprobs and " \
-                      "share_prompts off)"
+    out["baseline"] = "old log-probs by a forward pass, every row encoded whole, torch's own linear layers " \
+                      "(reuse_sampler_logprobs, share_prompts and pack_weights off)"
     return out
 
 
@@ -279,7 +280,7 @@ def _ppo_worker(config: dict, batch_file: str) -> dict:
     }
 
 
-PLAIN = {"reuse_sampler_logprobs": False, "share_prompts": False}  # the baseline of --compare
+PLAIN = {"reuse_sampler_logprobs": False, "share_prompts": False, "pack_weights": False}  # --compare's baseline
 
 
 def _compare_worker(config: dict) -> dict:

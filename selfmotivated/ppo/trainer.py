@@ -37,6 +37,8 @@ model, loadable by `sml eval --model OUT/policy`), policy_adapter/ (LoRA), run.j
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 import math
@@ -193,7 +195,8 @@ class PPOTrainer:
         ac.share_prompts = config.share_prompts  # every forward pass of the roles (and a shared reward model)
         self._check_sampler_logprobs = False  # set per iteration: old log-probs came from the sampler
         self.generator = make_generator(
-            ac.policy, tokenizer, backend=config.backend, max_seqs=config.generation_batch_size
+            ac.policy, tokenizer, backend=config.backend, max_seqs=config.generation_batch_size,
+            pack_weights=config.pack_weights,
         )
         self._stop = tuple(stop_strings)
         self.optimizer = torch.optim.AdamW(
@@ -276,45 +279,46 @@ class PPOTrainer:
 
         # sequence scores: the reward model and/or the answer checker, minus the truncation penalty
         t = time.perf_counter()
-        responses = [r.response for r in rollouts]
-        correct, no_answer = check_rollouts(responses, [r.example for r in rollouts])  # (B,) each, 0/1
-        truncated = torch.tensor([float(r.finish_reason == "length") for r in rollouts])  # (B,)
-        rm_scores = None
-        if config.reward in ("rm", "rm+checker"):
-            if getattr(self.reward_fn, "takes_finished", False):  # ours: read as in its training pairs
-                views, finished = reward_views(responses, [r.example for r in rollouts],
-                                               [r.finish_reason == "length" for r in rollouts])
-                rm_scores = self.reward_fn([r.prompt for r in rollouts], views, finished=finished)
-            else:  # a custom reward function reads the responses as written
-                rm_scores = self.reward_fn([r.prompt for r in rollouts], responses)
-            rm_scores = rm_scores.float().cpu()  # (B,)
-        scores = sequence_scores(config, rm_scores, correct, no_answer, truncated)  # (B,)
-        answer_stats = {"rollout/correct_frac": correct.mean().item(),
-                        "rollout/no_answer_frac": no_answer.mean().item()}
-        if rm_scores is not None:
-            answer_stats["ppo/rm_score_mean"] = rm_scores.mean().item()
-            # Does the reward model still track correctness on what the policy writes now? (nan: all
-            # right or all wrong this iteration)
-            rm_auroc = auroc(rm_scores.tolist(), [bool(c) for c in correct.tolist()])
-            answer_stats["ppo/rm_auroc"] = rm_auroc if rm_auroc is not None else math.nan
-        timings["time/score"] = time.perf_counter() - t
+        with self.packed_weights():  # the no-grad passes of scoring and experience
+            responses = [r.response for r in rollouts]
+            correct, no_answer = check_rollouts(responses, [r.example for r in rollouts])  # (B,) each, 0/1
+            truncated = torch.tensor([float(r.finish_reason == "length") for r in rollouts])  # (B,)
+            rm_scores = None
+            if config.reward in ("rm", "rm+checker"):
+                if getattr(self.reward_fn, "takes_finished", False):  # ours: read as in its training pairs
+                    views, finished = reward_views(responses, [r.example for r in rollouts],
+                                                   [r.finish_reason == "length" for r in rollouts])
+                    rm_scores = self.reward_fn([r.prompt for r in rollouts], views, finished=finished)
+                else:  # a custom reward function reads the responses as written
+                    rm_scores = self.reward_fn([r.prompt for r in rollouts], responses)
+                rm_scores = rm_scores.float().cpu()  # (B,)
+            scores = sequence_scores(config, rm_scores, correct, no_answer, truncated)  # (B,)
+            answer_stats = {"rollout/correct_frac": correct.mean().item(),
+                            "rollout/no_answer_frac": no_answer.mean().item()}
+            if rm_scores is not None:
+                answer_stats["ppo/rm_score_mean"] = rm_scores.mean().item()
+                # Does the reward model still track correctness on what the policy writes now? (nan: all
+                # right or all wrong this iteration)
+                rm_auroc = auroc(rm_scores.tolist(), [bool(c) for c in correct.tolist()])
+                answer_stats["ppo/rm_auroc"] = rm_auroc if rm_auroc is not None else math.nan
+            timings["time/score"] = time.perf_counter() - t
 
-        # 2. make experience: no-grad forwards of policy, reference and critic; KL-shaped rewards; GAE
-        t = time.perf_counter()
-        experience, exp_stats = make_experience(
-            self.ac,
-            rollouts,
-            scores,
-            self.pad_id,
-            self.kl_ctl.value,
-            config.kl_estimator,
-            config.gamma,
-            config.lam,
-            self.whiten,
-            batch_size=config.micro_batch_size,
-            advantage=config.advantage,
-            reuse_sampler_logprobs=config.reuse_sampler_logprobs,
-        )
+            # 2. make experience: no-grad forwards of policy, reference and critic; KL-shaped rewards; GAE
+            t = time.perf_counter()
+            experience, exp_stats = make_experience(
+                self.ac,
+                rollouts,
+                scores,
+                self.pad_id,
+                self.kl_ctl.value,
+                config.kl_estimator,
+                config.gamma,
+                config.lam,
+                self.whiten,
+                batch_size=config.micro_batch_size,
+                advantage=config.advantage,
+                reuse_sampler_logprobs=config.reuse_sampler_logprobs,
+            )
         timings["time/forward"] = time.perf_counter() - t
 
         # 3. train: PPO epochs over minibatches
@@ -355,6 +359,19 @@ class PPOTrainer:
         if step % config.save_steps == 0 or checked or step == config.iterations:
             self.save_checkpoint(good)
         return metrics
+
+    def packed_weights(self):
+        """A context in which the no-grad passes read oneDNN-packed copies of the weights (`ppo.pack_weights`;
+        see `generation.engine.packed_linears`); a no-op on GPUs, in bf16, or without oneDNN."""
+        from ..generation.engine import _can_pack, packed_linears
+
+        if not (self.config.pack_weights and _can_pack()):
+            return contextlib.nullcontext()
+        modules = list(self.ac.modules())
+        reward_model = getattr(self.reward_fn, "model", None)
+        if isinstance(reward_model, torch.nn.Module):
+            modules += list(reward_model.modules())
+        return packed_linears(modules)
 
     @property
     def evaluating(self) -> bool:
