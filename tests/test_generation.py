@@ -448,7 +448,7 @@ needs_pack = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
 
 @needs_pack
 def test_packed_linears_match_f_linear_and_restore_forwards():
-    from selfmotivated.generation.engine import packed_linears
+    from selfmotivated.packed import packed_linears
 
     torch.manual_seed(0)
     plain, biased = torch.nn.Linear(32, 48, bias=False), torch.nn.Linear(32, 16)
@@ -505,3 +505,63 @@ def test_bench_generate_unpacked_reports_the_pack_speedup(capsys):
     assert result["pack_greedy_prompts"] == 3 and 0 <= result["pack_greedy_identical_rows"] <= 1
     assert result["engine_fraction_of_peak_with_prompts"] > result["engine_fraction_of_peak"]
     assert "packed weights" in format_bench_result(result)
+
+
+@needs_pack
+def test_packed_frozen_linears_train_like_f_linear():
+    """training=True packs frozen layers only, forward and backward: the input's gradient and a trainable
+    layer's weight gradient equal plain F.linear's to float rounding; trainable layers keep their own forward."""
+    from selfmotivated.packed import packed_linears
+
+    torch.manual_seed(0)
+    frozen, trained = torch.nn.Linear(24, 40), torch.nn.Linear(40, 8)
+    frozen.requires_grad_(False)
+    x = torch.randn(5, 3, 24, requires_grad=True)
+
+    def grads():
+        x.grad, trained.weight.grad = None, None
+        trained(torch.relu(frozen(x))).square().sum().backward()
+        return x.grad.clone(), trained.weight.grad.clone()
+
+    expected = grads()
+    with packed_linears([frozen, trained], training=True) as patched:
+        assert patched == [frozen]
+        got = grads()
+        with torch.no_grad():
+            assert torch.allclose(frozen(x), torch.nn.functional.linear(x, frozen.weight, frozen.bias), atol=1e-5)
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert "forward" not in frozen.__dict__
+    # A trained layer packed for no-grad passes still trains with gradients on.
+    with packed_linears([trained]):
+        trained.weight.grad = None
+        trained(torch.randn(2, 40)).sum().backward()
+        assert trained.weight.grad is not None
+
+
+@needs_pack
+def test_lora_training_with_packed_frozen_weights_matches_plain(tmp_path, monkeypatch):
+    """A LoRA SFT run with pack_weights on ends where the same run with it off ends (float rounding)."""
+    import selfmotivated.packed as packed_module
+    from selfmotivated.sft import SFTConfig, run_sft
+    from selfmotivated.tiny import save_tiny_random
+    from safetensors.torch import load_file
+
+    model_dir = save_tiny_random(tmp_path / "m")
+    rows = tmp_path / "train.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"Q{i}: what is {i}+1?", "response": f" {i + 1}."}) + "\n"
+                            for i in range(12)))
+    packed_layers = []
+    real_forward = packed_module._forward
+    monkeypatch.setattr(packed_module, "_forward",
+                        lambda module, *args: packed_layers.append(module) or real_forward(module, *args))
+    adapters = {}
+    for pack in (False, True):
+        out = tmp_path / f"sft-{pack}"
+        run_sft(SFTConfig(model=str(model_dir), train_file=str(rows), out=str(out), method="lora", epochs=2,
+                          batch_size=4, learning_rate=1e-2, pack_weights=pack, progress=False, val_fraction=0.0))
+        adapters[pack] = load_file(next(out.rglob("adapter_model.safetensors")))
+    assert packed_layers and all(not m.weight.requires_grad for m in packed_layers)  # the backbone was packed
+    assert adapters[True].keys() == adapters[False].keys()
+    for k in adapters[True]:
+        assert torch.allclose(adapters[True][k], adapters[False][k], atol=1e-4), k

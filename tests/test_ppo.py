@@ -76,6 +76,10 @@ def toy_config(**overrides) -> PPOConfig:
         guard_accuracy_drop=0,
         tensorboard=False,
         progress=False,
+        # At learning rate 1e-2 this toy's runs are chaotic after ~8 iterations (KL past 6 nats): float rounding
+        # picks the branch, so these tests run torch's own matmuls; the packed path is pinned against this one
+        # in test_ppo_speed.py (whole runs end alike) and test_generation.py.
+        pack_weights=False,
     )
     settings.update(overrides)
     return PPOConfig(**settings)

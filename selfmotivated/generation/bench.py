@@ -144,9 +144,9 @@ def measure_matmul_peak(model, device: str = "cpu", seconds: float = 0.5) -> dic
             if elapsed >= seconds:
                 break
         rates[name] = 2 * m * k * n * reps / elapsed / 1e9
-    from selfmotivated.generation.engine import _can_pack
+    from selfmotivated.packed import can_pack
 
-    if device == "cpu" and _can_pack():  # the engine's packed oneDNN kernel counts towards the peak too
+    if device == "cpu" and can_pack():  # the engine's packed oneDNN kernel counts towards the peak too
         a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
         packed = torch.ops.mkldnn._reorder_linear_weight(b, None)
         torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")

@@ -27,13 +27,10 @@ Sampling: each row draws from its own generator seeded by (call seed, prompt ind
 a row's samples do not depend on the batch it happened to run in. Decoding rules: `sampling.py`.
 
 Weights on CPU: at the start of a call every plain float32 `nn.Linear` the engine reaches (q/k/v/o, MLP,
-LM head, and the base layers inside LoRA wrappers) gets a oneDNN-packed copy of its weight, and its forward
-is pointed at that copy until the call ends (`EngineConfig.pack_weights`). Why by hand: torch's CPU
-`F.linear` packs the weight into the GEMM's blocked layout again on every call, which for the few rows of a
-decoding step costs about as much as the multiply; packing once per call makes the decoder's matmuls ~1.3x
-and the LM head's ~1.7x faster on this project's 2-core CPU. The sums run in another order, so outputs
-match `F.linear` to float rounding (~1e-6), not bit for bit. Weights cannot change during a call (inference
-mode), and the next call packs them again, so optimizer steps between calls still take effect.
+LM head, and the base layers inside LoRA wrappers) computes from a oneDNN-packed copy of its weight until
+the call ends (`EngineConfig.pack_weights`; `selfmotivated/packed.py` says why and what it costs): ~1.3x
+faster decoder matmuls and ~1.7x for the LM head at a decoding step's few rows. Outputs match `F.linear` to
+float rounding. The next call packs again, so optimizer steps between calls still take effect.
 
 Rotary cos/sin come from the model's own rotary module for all positions of the call at once, which
 is exact for static rope scalings (default, linear, llama3, yarn); a "dynamic" NTK scaling would be
@@ -54,6 +51,7 @@ import torch.nn.functional as F
 
 from selfmotivated.generation import Completion, EngineConfig, SamplingParams
 from selfmotivated.generation.hf import HFGenerator, _progress_bar
+from selfmotivated.packed import packed_linears
 from selfmotivated.generation.sampling import (
     call_seed,
     eos_token_ids,
@@ -164,7 +162,7 @@ class EngineGenerator:
 
     def packed_weights(self):
         """The context of a call's packed weights (see the module docstring); a no-op where packing does not apply."""
-        if not (self.config.pack_weights and _can_pack()):
+        if not self.config.pack_weights:
             return contextlib.nullcontext()
         base = _base_model(self.model)
         return packed_linears([*base.model.layers.modules(), base.lm_head])
@@ -476,36 +474,6 @@ class _Run:
             x = self.layer_out(layer, x, out.reshape(A, 1, KV * G * D))
         h = self.norm(x[:, 0])  # (A, H)
         return _lm_head(self.lm_head, h)  # (A, V)
-
-
-def _can_pack() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-
-
-@contextlib.contextmanager
-def packed_linears(modules):
-    """Within the block, each plain float32 CPU `nn.Linear` among `modules` computes from a oneDNN-packed copy
-    of its weight, made on entry; on exit every forward is the module's own again."""
-    patched = []
-    try:
-        for module in modules:
-            weight = getattr(module, "weight", None)
-            if (type(module) is not torch.nn.Linear or weight.device.type != "cpu" or weight.dtype != torch.float32
-                    or "forward" in module.__dict__):
-                continue
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
-            module.forward = _packed_forward(packed, module.bias)
-            patched.append(module)
-        yield patched
-    finally:
-        for module in patched:
-            del module.forward
-
-
-def _packed_forward(packed: torch.Tensor, bias: torch.Tensor | None):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-    return forward
 
 
 def _lm_head(module, x: torch.Tensor) -> torch.Tensor:

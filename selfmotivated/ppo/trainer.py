@@ -326,7 +326,8 @@ class PPOTrainer:
         # Old log-probs from the sampler: the first minibatch's forward (the policy before any step) measures
         # how far they are from a forward pass's, as make_experience's forward otherwise does.
         self._check_sampler_logprobs = exp_stats.get("rollout/sampler_logprobs_reused") == 1.0
-        update_stats = self.update(experience)
+        with self.packed_weights(training=True):
+            update_stats = self.update(experience)
         timings["time/update"] = time.perf_counter() - t
 
         metrics = {**exp_stats, **answer_stats, **update_stats}
@@ -360,18 +361,20 @@ class PPOTrainer:
             self.save_checkpoint(good)
         return metrics
 
-    def packed_weights(self):
-        """A context in which the no-grad passes read oneDNN-packed copies of the weights (`ppo.pack_weights`;
-        see `generation.engine.packed_linears`); a no-op on GPUs, in bf16, or without oneDNN."""
-        from ..generation.engine import _can_pack, packed_linears
+    def packed_weights(self, training: bool = False):
+        """A context in which linear layers read oneDNN-packed copies of the weights (`ppo.pack_weights`; see
+        `selfmotivated/packed.py`): all of them in the no-grad passes, the frozen ones (LoRA's backbone, the
+        tied LM head) in the update; a no-op on GPUs, in bf16, or without oneDNN."""
+        from ..packed import packed_linears
 
-        if not (self.config.pack_weights and _can_pack()):
+        if not self.config.pack_weights:
             return contextlib.nullcontext()
         modules = list(self.ac.modules())
         reward_model = getattr(self.reward_fn, "model", None)
         if isinstance(reward_model, torch.nn.Module):
             modules += list(reward_model.modules())
-        return packed_linears(modules)
+        trained = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return packed_linears(modules, training=training, trained=trained)
 
     @property
     def evaluating(self) -> bool:
