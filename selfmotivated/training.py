@@ -46,8 +46,7 @@ CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 RUN_RECORD = "run.json"
 # Config keys that may change between a stopped run and its resumption.
-RESUMABLE_KEYS = ("resume", "stop_after_steps", "progress", "log_steps", "save_steps", "save_total_limit",
-                  "pack_weights")  # speed only: the same training to float rounding
+RESUMABLE_KEYS = ("resume", "stop_after_steps", "progress", "log_steps", "save_steps", "save_total_limit")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -114,10 +113,6 @@ class TrainConfig:
                 "CPU), no, bf16 or fp16", "choices": list(MIXED_PRECISION)})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute activations in backward (less memory, about 30% slower)"})
-    pack_weights: bool = field(default=True, metadata={
-        "help": "on CPU in float32, frozen linear layers (LoRA's backbone, a tied LM head) compute forward and "
-                "backward from oneDNN-packed copies of their weights (~1.25x faster matmuls; the same "
-                "numbers to float rounding; selfmotivated/packed.py)"})
     cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is there"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
     log_steps: int = field(default=10, metadata={"help": "append training metrics to metrics.jsonl every N steps"})
@@ -630,16 +625,6 @@ def optimizer_step(accelerator, model, optimizer, scheduler, micro_batches: list
 def fit(accelerator, model, optimizer, scheduler, loop: Loop, state: TrainerState, config: TrainConfig,
         out: Path) -> TrainerState:
     """Train until total_steps, early stopping or `stop_after_steps`; evaluate and checkpoint on schedule."""
-    from .packed import packed_linears
-
-    # Frozen weights never change in training, so they are packed once for the whole loop.
-    trained = [p for group in optimizer.param_groups for p in group["params"]]
-    with packed_linears(model.modules() if config.pack_weights else [], training=True, trained=trained):
-        return _fit(accelerator, model, optimizer, scheduler, loop, state, config, out)
-
-
-def _fit(accelerator, model, optimizer, scheduler, loop: Loop, state: TrainerState, config: TrainConfig,
-         out: Path) -> TrainerState:
     from tqdm.auto import tqdm
 
     main = accelerator.is_main_process

@@ -537,31 +537,3 @@ def test_packed_frozen_linears_train_like_f_linear():
         trained.weight.grad = None
         trained(torch.randn(2, 40)).sum().backward()
         assert trained.weight.grad is not None
-
-
-@needs_pack
-def test_lora_training_with_packed_frozen_weights_matches_plain(tmp_path, monkeypatch):
-    """A LoRA SFT run with pack_weights on ends where the same run with it off ends (float rounding)."""
-    import selfmotivated.packed as packed_module
-    from selfmotivated.sft import SFTConfig, run_sft
-    from selfmotivated.tiny import save_tiny_random
-    from safetensors.torch import load_file
-
-    model_dir = save_tiny_random(tmp_path / "m")
-    rows = tmp_path / "train.jsonl"
-    rows.write_text("".join(json.dumps({"prompt": f"Q{i}: what is {i}+1?", "response": f" {i + 1}."}) + "\n"
-                            for i in range(12)))
-    packed_layers = []
-    real_forward = packed_module._forward
-    monkeypatch.setattr(packed_module, "_forward",
-                        lambda module, *args: packed_layers.append(module) or real_forward(module, *args))
-    adapters = {}
-    for pack in (False, True):
-        out = tmp_path / f"sft-{pack}"
-        run_sft(SFTConfig(model=str(model_dir), train_file=str(rows), out=str(out), method="lora", epochs=2,
-                          batch_size=4, learning_rate=1e-2, pack_weights=pack, progress=False, val_fraction=0.0))
-        adapters[pack] = load_file(next(out.rglob("adapter_model.safetensors")))
-    assert packed_layers and all(not m.weight.requires_grad for m in packed_layers)  # the backbone was packed
-    assert adapters[True].keys() == adapters[False].keys()
-    for k in adapters[True]:
-        assert torch.allclose(adapters[True][k], adapters[False][k], atol=1e-4), k
