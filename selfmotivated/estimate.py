@@ -88,13 +88,15 @@ def cached_throughput(model: str, dtype: str = "auto", device: str = "auto",
 def load_throughput(model: str, dtype: str = "auto", device: str = "auto", refresh: bool = False,
                     probe: Callable[..., Throughput] | None = None, cache: Path | None = None) -> Throughput:
     """This machine's rates for `model`: cached, or measured now by `probe` (default `probe_throughput`) and
-    cached."""
+    cached, unless the probe found the machine busy."""
     path = cache or _cache_path()
     if not refresh:
         found = cached_throughput(model, dtype, device, path)
         if found is not None:
             return found
     rates = (probe or probe_throughput)(model, dtype=dtype, device=device)
+    if rates.busy:  # used for this plan only: the next plan on a quiet machine measures again
+        return rates
     try:
         entries = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
@@ -185,19 +187,51 @@ def probe_throughput(model_name: str, dtype: str = "auto", device: str = "auto")
 
 def busy_reason(load_before: float | None, threads: int, cores: int) -> str:
     """Why rates probed now would be too low, or "": other work on the cores the probe's threads need. Another
-    torch job slows every rate several times over (two of them: ~10x). Judged by the load average read before
-    the probe starts (the probe's own load would count otherwise)."""
+    torch job slows every rate several times over (two of them: ~10x). Judged by the load read before the
+    probe starts (the probe's own load would count otherwise)."""
     if load_before is None or load_before + threads <= cores + 0.5:
         return ""
     return (f"measured on a busy machine (load average {load_before:.1f} before the probe, {threads} threads on "
             f"{cores} cores): the rates are too low; `--reprobe` when the machine is quiet")
 
 
-def _load_average() -> float | None:
+def _load_average(seconds: float = 0.5, stat: str = "/proc/stat") -> float | None:
+    """Cores busy right now: from two reads of `stat` `seconds` apart where the file exists (Linux), else the
+    one-minute load average. Why not only the load average: it decays over minutes, so a job that has just
+    ended still reads as load (a false "busy")."""
+    busy = _busy_cores(stat, seconds)
+    if busy is not None:
+        return busy
     try:
         return os.getloadavg()[0]
     except (OSError, AttributeError):  # not on every platform
         return None
+
+
+def _cpu_times(stat: str) -> tuple[int, int] | None:
+    """(idle, total) jiffies of all cores from the first line of /proc/stat, or None."""
+    try:
+        with open(stat) as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 5:
+        return None
+    values = [int(v) for v in fields[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return idle, sum(values[:8])  # user nice system idle iowait irq softirq steal (guests are inside user)
+
+
+def _busy_cores(stat: str, seconds: float) -> float | None:
+    first = _cpu_times(stat)
+    if first is None:
+        return None
+    time.sleep(seconds)
+    second = _cpu_times(stat)
+    if second is None or second[1] <= first[1]:
+        return None
+    idle, total = second[0] - first[0], second[1] - first[1]
+    return (1 - idle / total) * (os.cpu_count() or 1)
 
 
 # ----------------------------------------------------------------------------------------------------

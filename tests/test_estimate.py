@@ -139,3 +139,27 @@ def test_the_report_sets_the_estimate_beside_what_each_stage_took(tmp_path, monk
     make_report([str(run)])
     text = (run / "report.md").read_text()
     assert "Estimated before the run" in text and "took / estimated" in text
+
+
+def test_the_busy_check_reads_the_cores_now_and_a_busy_probe_is_not_cached(tmp_path, monkeypatch):
+    """Load is read from two /proc/stat samples (a decaying load average would call a machine busy for
+    minutes after a job ends); rates probed on a busy machine serve one plan and are not cached."""
+    import selfmotivated.estimate as est
+
+    real_cpu_times = est._cpu_times
+    assert real_cpu_times(str(tmp_path / "missing")) is None
+    stat = tmp_path / "stat"
+    samples = iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  250 0 150 850 0 0 0 0 0 0\n"])
+    monkeypatch.setattr(est, "_cpu_times", lambda path, real=est._cpu_times: (
+        stat.write_text(next(samples)), real(str(stat)))[1])
+    monkeypatch.setattr(est.os, "cpu_count", lambda: 2)
+    busy = est._load_average(seconds=0.0)
+    assert busy == pytest.approx(2 * 200 / 250)  # 200 of 250 jiffies were not idle, over 2 cores
+
+    cache = tmp_path / "throughput.json"
+    calls = []
+    busy_rates = dataclasses.replace(RATES, busy="measured on a busy machine")
+    rates = est.load_throughput("tiny-random", probe=lambda *a, **k: calls.append(1) or busy_rates, cache=cache)
+    assert rates.busy and not cache.exists()
+    est.load_throughput("tiny-random", probe=lambda *a, **k: calls.append(1) or RATES, cache=cache)
+    assert len(calls) == 2 and est.cached_throughput("tiny-random", cache=cache) == RATES
