@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import build_config, load_yaml
-from .data import DataConfig
+from .data import TRANSFER_SUFFIX, DataConfig, dataset_folder
 from .ppo.gate import RewardModelInvalid
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ STAGES = ("baseline", "generate", "rank", "sft", "ppo_checker", "sft_round2", "r
 # say) stay out of the fingerprint chain, and evaluating on more questions retrains nothing.
 MEASURE_STAGES = ("baseline", "evaluate", "best_of_n", "transfer")
 # The transfer test set of a dataset is evaluated into eval/<model>/<dataset><TRANSFER_SUFFIX>/, beside the
-# dataset's own, so the report and `sml compare` treat it as one more test dataset.
-TRANSFER_SUFFIX = "@transfer"
+# dataset's own, so the report and `sml compare` treat it as one more test dataset (`dataset_folder` names the
+# folder: a file path or hub id becomes one safe path component).
 # Control stages train a model beside SML from the same SFT start, to say what helped: their fingerprints
 # chain from the SFT stage only, and no later training stage reads them.
 CONTROL_STAGES = ("ppo_checker", "sft_round2")
@@ -175,7 +175,7 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
         return
 
     def eval_config(model: str, key: str, dataset: str, prompt: str = "zero_shot", transfer: bool = False):
-        folder = dataset + TRANSFER_SUFFIX if transfer else dataset
+        folder = dataset_folder(dataset + TRANSFER_SUFFIX if transfer else dataset)
         base = {"model": model, "out": str(run / "eval" / key / folder), "prompt": prompt, "progress": True,
                 "templates": config.templates}
         cfg = _section(config, "eval", EvalConfig, base)
@@ -251,7 +251,7 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
 
             for ds in config.eval_datasets:
                 base = {"reward_model": str(run / "reward" / "model"), "policy": str(policy_dir(run)),
-                        "out": str(run / "eval" / "sml_best_of_n" / ds), "n": config.best_of_n,
+                        "out": str(run / "eval" / "sml_best_of_n" / dataset_folder(ds)), "n": config.best_of_n,
                         "seed": config.seed, "templates": config.templates}
                 cfg = _section(config, "rerank", RerankConfig, base)
                 cfg.data = _data(config, ds, "test", config.test_limit)
@@ -595,11 +595,11 @@ def write_summary(config: PipelineConfig, run: Path, record: dict) -> dict:
     transfer = [ds + TRANSFER_SUFFIX for ds in config.eval_datasets] if config.transfer else []
     for key in ("base", "base_few_shot", "sft", "sml", *config.controls):
         for ds in (*config.eval_datasets, *transfer):
-            metrics = _read_json(run / "eval" / key / ds / "metrics.json")
+            metrics = _read_json(run / "eval" / key / dataset_folder(ds) / "metrics.json")
             if metrics:
                 models.setdefault(key, {})[ds] = {k: metrics.get(k) for k in ("n", "accuracy", "ci95", "n_no_answer")}
     for ds in config.eval_datasets:
-        rerank = _read_json(run / "eval" / "sml_best_of_n" / ds / "rerank_metrics.json").get("metrics")
+        rerank = _read_json(run / "eval" / "sml_best_of_n" / dataset_folder(ds) / "rerank_metrics.json").get("metrics")
         if rerank:
             from .evaluate import accuracy_ci95
 

@@ -127,12 +127,15 @@ def compare_rows(rows: Mapping[str, Mapping[str, bool]], n_resamples: int = N_RE
 
 
 def eval_rows(run_dir: str | Path, dataset: str) -> dict[str, dict[str, bool]]:
-    """Model row -> question id -> correct, for every RUN/eval/<row>/<dataset>/ with per-question results."""
+    """Model row -> question id -> correct, for every RUN/eval/<row>/<dataset folder>/ with per-question results."""
+    from .data import dataset_folder
+
     rows = {}
-    for folder in sorted(Path(run_dir, "eval").glob(f"*/{dataset}")):
-        verdicts = per_question(folder)
+    for model_dir in sorted(p for p in Path(run_dir, "eval").glob("*") if p.is_dir()):
+        folder = model_dir / dataset_folder(dataset)
+        verdicts = per_question(folder) if folder.is_dir() else None
         if verdicts:
-            rows[folder.parent.name] = verdicts
+            rows[model_dir.name] = verdicts
     return rows
 
 
@@ -157,8 +160,11 @@ def run_datasets(run_dir: str | Path) -> list[str]:
         listed = json.loads((run_dir / "summary.json").read_text()).get("datasets") or []
     except (OSError, ValueError):
         listed = []
-    found = sorted({p.name for p in run_dir.glob("eval/*/*") if p.is_dir()})
-    return list(listed) + [d for d in found if d not in listed]
+    from .data import dataset_folder
+
+    named = {dataset_folder(d) for d in listed}
+    found = sorted({p.name for p in run_dir.glob("eval/*/*") if p.is_dir()} - named)
+    return list(listed) + found
 
 
 def compare_all(run_dir: str | Path, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict:

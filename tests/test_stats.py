@@ -1,8 +1,10 @@
 """Paired statistics: McNemar's exact test, the paired bootstrap, and comparisons of a run's model rows."""
 
 import json
+import os
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +158,37 @@ def test_summary_and_report_show_the_comparisons(tmp_path):
         path.unlink()
     make_report([str(tmp_path)])
     assert f"{mcnemar_exact(15, 2):.3g} *" in (tmp_path / "report.md").read_text()
+
+
+def test_a_dataset_given_as_a_file_path_is_evaluated_inside_the_run(tmp_path):
+    """A user's dataset named by its path (or a hub id) gets one safe folder under RUN/eval/<model>/; the
+    pipeline, `sml compare` and the report map it back to the dataset's name."""
+    from selfmotivated.data import dataset_folder
+    from selfmotivated.pipeline import load_pipeline_config, stage_configs
+    from selfmotivated.report.runs import load_run
+
+    data = tmp_path / "data" / "my.jsonl"
+    folder = dataset_folder(str(data))
+    assert folder.startswith("my.jsonl-") and "/" not in folder
+    assert dataset_folder("hf:owner/name").startswith("hf_owner_name-")
+    assert dataset_folder(str(data) + "@transfer") == folder + "@transfer"
+    assert dataset_folder("../x") != "../x" and "/" not in dataset_folder("../x")
+    assert dataset_folder("gsm8k") == "gsm8k" and dataset_folder("gsm8k@transfer") == "gsm8k@transfer"
+    if os.name != "nt":
+        assert dataset_folder("rg:chain_sum") == "rg:chain_sum"  # the name itself, as before
+
+    run = tmp_path / "run"
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(f"model: tiny-random\ndataset: {data}\ndata: {{answer_type: number}}\n")
+    config = load_pipeline_config(str(config_file))
+    outs = [cfg.out for _, cfg in stage_configs(config, run, "baseline")]
+    assert outs and all(Path(o).parent.parent == run / "eval" and Path(o).name == folder for o in outs)
+
+    ids = [f"q{i}" for i in range(30)]
+    _eval_folder(run, "base", folder, {q: i < 5 for i, q in enumerate(ids)})
+    _eval_folder(run, "sft", folder, {q: i < 20 for i, q in enumerate(ids)})
+    (run / "summary.json").write_text(json.dumps({"datasets": [str(data)]}))
+    assert compare_models(run, str(data))["sft_vs_base"]["a_only"] == 15
+    assert compare_all(run).keys() == {str(data)}
+    report_run = load_run(run)
+    assert report_run.datasets == [str(data)] and str(data) in report_run.accuracy["sft"]

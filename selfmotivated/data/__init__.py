@@ -21,13 +21,16 @@ from pathlib import Path
 from ..records import ANSWER_TYPES, CHOICE_LETTERS, Example
 from . import builtin, rg, synthetic
 from .builtin import BUILTINS, DATA_DIR_ENV, load_builtin, resolve_data_dir
-from .common import ON_BAD_ROW, DataError, Examples, LoadReport, parse_choices, parse_gold
+from .common import (ON_BAD_ROW, TRANSFER_SUFFIX, DataError, Examples, LoadReport, dataset_folder, parse_choices,
+                     parse_gold)
 from .synthetic import SYNTHETIC, gen_coin_flip, gen_last_letters
 from .user import HUB_PREFIX, is_user_source, load_user, load_user_splits, seeded_split
 
 __all__ = [
     "DataConfig",
     "DataError",
+    "TRANSFER_SUFFIX",
+    "dataset_folder",
     "LoadReport",
     "Examples",
     "load_examples",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..records import ANSWER_TYPES, CHOICE_LETTERS, canonical_number
 
@@ -188,3 +191,24 @@ def _choice_gold(value, choices: tuple[str, ...]) -> str:
         f"gold {value!r} is neither a choice letter ({letters[0]}-{letters[-1]}) nor the text of one of the "
         f"choices {list(choices)}"
     )
+
+
+# Evaluations of a dataset go in a folder named after it (RUN/eval/<model>/<folder>/); the transfer test set of
+# a dataset in <folder><TRANSFER_SUFFIX>.
+TRANSFER_SUFFIX = "@transfer"
+_UNSAFE_IN_FOLDER = re.compile(r'[/\\:*?"<>|]' if os.name == "nt" else r"[/\\]")
+
+
+def dataset_folder(dataset: str) -> str:
+    """The one path component a dataset's results go under: its name where that is safe on this system
+    (built-in names, `rg:task`; `:` only off Windows), else a readable part plus a digest of the whole name, so
+    that a file path (`/data/my.jsonl`) or a hub id (`hf:owner/name`) never reaches outside the run folder."""
+    suffix = ""
+    if dataset.endswith(TRANSFER_SUFFIX):
+        dataset, suffix = dataset[: -len(TRANSFER_SUFFIX)], TRANSFER_SUFFIX
+    if dataset not in ("", ".", "..") and not _UNSAFE_IN_FOLDER.search(dataset):
+        return dataset + suffix
+    path = Path(dataset)
+    readable = path.name if path.suffix.lower() in (".jsonl", ".json", ".csv") else dataset
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", readable).strip("_.") or "dataset"
+    return f"{readable}-{hashlib.sha256(dataset.encode()).hexdigest()[:8]}{suffix}"

@@ -134,9 +134,16 @@ def load_run(run_dir: str | Path) -> Run:
         for dataset, metrics in (per_dataset.items() if isinstance(per_dataset, dict) else []):
             if isinstance(metrics, dict):
                 run.accuracy.setdefault(key, {})[dataset] = _cell(metrics, "summary.json")
+    # Folder names back to dataset names (a file path or hub id is stored under a safe folder name).
+    from ..data import dataset_folder
+
+    known = [d for d in _get(run.summary, "datasets", default=[]) or [] if isinstance(d, str)]
+    known += [d for per in (models.values() if isinstance(models, dict) else []) if isinstance(per, dict)
+              for d in per]
+    names = {dataset_folder(d): d for d in known}
     for model_dir in sorted(p for p in (path / "eval").glob("*") if p.is_dir()):
         for ds_dir in sorted(p for p in model_dir.glob("*") if p.is_dir()):
-            _load_eval_folder(run, model_dir.name, ds_dir)
+            _load_eval_folder(run, model_dir.name, ds_dir, names.get(ds_dir.name, ds_dir.name))
     listed = [d for d in _get(run.summary, "datasets", default=[]) or [] if isinstance(d, str)]
     run.datasets = listed + sorted({d for cells in run.accuracy.values() for d in cells} - set(listed))
     run.refused = _refusals(run)
@@ -189,9 +196,9 @@ def _not_configured(run: Run, key: str) -> str | None:
     return None
 
 
-def _load_eval_folder(run: Run, key: str, folder: Path) -> None:
-    """eval/<key>/<dataset>/: response lengths, best-of-N metrics, and the accuracy cell if still missing."""
-    dataset, notes = folder.name, run.notes
+def _load_eval_folder(run: Run, key: str, folder: Path, dataset: str) -> None:
+    """eval/<key>/<dataset folder>/: response lengths, best-of-N metrics, and the accuracy cell if still missing."""
+    notes = run.notes
     rows = _read_jsonl(folder / "predictions.jsonl", notes)
     if rows:
         run.lengths.setdefault(key, {})[dataset] = [
