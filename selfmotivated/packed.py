@@ -25,9 +25,13 @@ the packed weights (two of the frozen ones when `training`).
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 import torch.nn.functional as F
+
+
+_failed = False  # set once packing has raised in this process: every later block runs unpacked
 
 
 def can_pack() -> bool:
@@ -93,14 +97,20 @@ def packed_linears(modules, training: bool = False, trained=()):
     parameters an optimizer may change in the block (for example every adapter of a PPO model, of which only
     the active one requires grad at a time): their layers are never packed for training. Yields the patched
     modules; on exit every forward is the module's own again. A no-op without oneDNN."""
+    global _failed
     trained = {id(p) for p in trained}
     patched = []
     try:
-        if can_pack():
+        if can_pack() and not _failed:
             for module in modules:
                 if not _packable(module) or (training and not _frozen(module, trained)):
                     continue
-                module.forward = _forward(module, training, trained)
+                try:
+                    module.forward = _forward(module, training, trained)
+                except RuntimeError as err:  # a oneDNN build that cannot pack here: run torch's own kernels
+                    _failed = True
+                    logging.getLogger(__name__).warning("packed weights off: %s", err)
+                    break
                 patched.append(module)
         yield patched
     finally:

@@ -537,3 +537,19 @@ def test_packed_frozen_linears_train_like_f_linear():
         trained.weight.grad = None
         trained(torch.randn(2, 40)).sum().backward()
         assert trained.weight.grad is not None
+
+
+def test_a_build_that_cannot_pack_falls_back_to_torch_s_own_linear(monkeypatch):
+    import selfmotivated.packed as packed
+
+    def broken(weight):
+        raise RuntimeError("oneDNN: unsupported platform")
+
+    monkeypatch.setattr(packed, "_pack", broken)
+    monkeypatch.setattr(packed, "can_pack", lambda: True)
+    monkeypatch.setattr(packed, "_failed", False)
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(2, 8)
+    with torch.inference_mode(), packed.packed_linears([layer]) as patched:
+        assert patched == [] and torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert packed._failed and "forward" not in layer.__dict__
