@@ -137,9 +137,9 @@ class PPOConfig:
         "help": "encode a question's prompt once for all its samples in every forward pass (reference, reward "
                 "model, update), micro-batches holding a question's samples together"})
     pack_weights: bool = field(default=True, metadata={
-        "help": "on CPU in float32, the rollouts and the no-grad passes (reward scoring, reference) read "
-                "oneDNN-packed copies of the weights, made once per phase (~1.25x faster matmuls; "
-                "EngineConfig.pack_weights)"})
+        "help": "on CPU in float32, the rollouts, the no-grad passes (reward scoring, reference) and the "
+                "update's frozen layers read oneDNN-packed copies of the weights, made once per phase (~1.25x "
+                "faster matmuls; selfmotivated/packed.py)"})
     # -- answer-based reward terms (ablations, off by default)
     correct_bonus: float = field(default=0.0, metadata={
         "help": "added to the score when the response's final answer matches the training question's gold"})
