@@ -402,15 +402,21 @@ def test_default_model_greedy_matches_hf():
         assert token_ids(got) == token_ids(expected)
 
 
-def test_bench_generate_int8_reports_speed_and_greedy_agreement(capsys):
+def _tiny_bench_json(capsys, *flags: str) -> dict:
+    """`sml bench generate --json` on tiny settings with extra flags; its parsed output."""
     from selfmotivated.cli import main
-    from selfmotivated.generation.bench import format_bench_result
 
     code = main(["bench", "generate", "--model", "tiny-random", "--dataset", "synthetic_coin_flip",
                  "--prompt", "zero-shot", "--batch-size", "2", "--num-prompts", "3", "--new-tokens", "4",
-                 "--int8", "--json"])
+                 *flags, "--json"])
     assert code == 0
-    result = json.loads(capsys.readouterr().out)
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_generate_int8_reports_speed_and_greedy_agreement(capsys):
+    from selfmotivated.generation.bench import format_bench_result
+
+    result = _tiny_bench_json(capsys, "--int8")
     assert result["int8_tokens_per_s"] > 0 and result["int8_greedy_prompts"] == 3
     assert result["int8_speedup"] == pytest.approx(result["int8_tokens_per_s"] / result["engine_tokens_per_s"])
     assert 0 <= result["int8_greedy_identical_rows"] <= result["int8_greedy_token_agreement"] <= 1
@@ -493,14 +499,9 @@ def test_engine_with_packed_weights_gives_the_unpacked_tokens_and_logprobs(promp
 
 
 def test_bench_generate_unpacked_reports_the_pack_speedup(capsys):
-    from selfmotivated.cli import main
     from selfmotivated.generation.bench import format_bench_result
 
-    code = main(["bench", "generate", "--model", "tiny-random", "--dataset", "synthetic_coin_flip",
-                 "--prompt", "zero-shot", "--batch-size", "2", "--num-prompts", "3", "--new-tokens", "4",
-                 "--unpacked", "--json"])
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
+    result = _tiny_bench_json(capsys, "--unpacked")
     assert result["pack_speedup"] == pytest.approx(result["engine_tokens_per_s"] / result["unpacked_tokens_per_s"])
     assert result["pack_greedy_prompts"] == 3 and 0 <= result["pack_greedy_identical_rows"] <= 1
     assert result["engine_fraction_of_peak_with_prompts"] > result["engine_fraction_of_peak"]
