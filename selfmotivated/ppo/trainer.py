@@ -38,7 +38,6 @@ model, loadable by `sml eval --model OUT/policy`), policy_adapter/ (LoRA), run.j
 from __future__ import annotations
 
 import contextlib
-
 import json
 import logging
 import math
