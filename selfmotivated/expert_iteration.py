@@ -123,6 +123,55 @@ def sample_correct(config: ExpertIterationConfig, out: Path) -> dict:
     return {"samples": len(rows), "correct": len(kept), "reused": False}
 
 
+def policy_pairs(folder: str | Path, max_pairs_per_question: int | None = 16, seed: int = 0) -> list[dict]:
+    """Reward-model pairs from the SFT model's own checked samples (`folder`: samples.jsonl and kept.jsonl of
+    `sft_round2`): every right sample of a question above every wrong one (pair type policy>policy, tiers 3
+    and 1, as the rank's free samples), each distinct text once, at most `max_pairs_per_question` a question
+    (a seeded subsample). These are the texts PPO will show the reward model: the policy's free samples, read
+    raw as PPO reads its rollouts (unfinished when cut off at the token limit). A question needs a right
+    sample for its prompt (kept.jsonl holds it) and a wrong one for a pair."""
+    import random
+
+    folder = Path(folder)
+    samples_file, kept_file = folder / "samples.jsonl", folder / "kept.jsonl"
+    for f in (samples_file, kept_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found: policy pairs come from a finished sft_round2 stage "
+                                    f"(its samples.jsonl and kept.jsonl)")
+    prompts = {}
+    for n, line in enumerate(kept_file.read_text().splitlines(), 1):
+        if line.strip():
+            row = json.loads(line)
+            prompts.setdefault(str(row["question_id"]), row["prompt"])
+    by_question: dict[str, dict[str, tuple[bool, bool]]] = {}  # id -> text -> (correct, finished)
+    for n, line in enumerate(samples_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        missing = [k for k in ("id", "text", "correct") if k not in row]
+        if missing:
+            raise ValueError(f"{samples_file}:{n}: missing key(s) {missing}")
+        if row["text"].strip():
+            texts = by_question.setdefault(str(row["id"]), {})
+            texts.setdefault(row["text"], (bool(row["correct"]), row.get("finish_reason") != "length"))
+    rng = random.Random(seed)
+    pairs = []
+    for qid, texts in by_question.items():
+        right = [(t, f) for t, (ok, f) in texts.items() if ok]
+        wrong = [(t, f) for t, (ok, f) in texts.items() if not ok]
+        if not right or not wrong or qid not in prompts:
+            continue
+        combos = [(r, w) for r in right for w in wrong]
+        if max_pairs_per_question and len(combos) > max_pairs_per_question:
+            combos = rng.sample(combos, max_pairs_per_question)
+        for (chosen, chosen_done), (rejected, rejected_done) in combos:
+            pairs.append({"question_id": qid, "prompt": prompts[qid], "chosen": chosen, "rejected": rejected,
+                          "chosen_tier": 3, "rejected_tier": 1, "chosen_kind": "policy", "rejected_kind": "policy",
+                          "chosen_finished": chosen_done, "rejected_finished": rejected_done,
+                          "pair_type": "policy>policy", "_where": f"{samples_file} (question {qid})"})
+    return pairs
+
+
 def run_expert_iteration(config: ExpertIterationConfig) -> dict:
     """Sample, keep the correct samples, fine-tune the SFT model on them into OUT/model. Returns metrics."""
     from .config import build_config

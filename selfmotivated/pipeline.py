@@ -218,7 +218,13 @@ def stage_configs(config: PipelineConfig, run: Path, stage: str, round_: int = 1
                          "validity_templates": config.templates, "data_dir": config.data_dir,
                          "validity_data": {k: v for k, v in config.data.items()
                                            if k not in ("dataset", "split", "limit", "data_dir")}})
-        yield "reward", _section(config, "reward", RewardConfig, base)
+        cfg = _section(config, "reward", RewardConfig, base)
+        if cfg.policy_pairs == "sft_round2":  # the run's own expert-iteration samples
+            if "sft_round2" not in config.controls:
+                raise ValueError("reward.policy_pairs: sft_round2 needs the sft_round2 control (controls: "
+                                 "[sft_round2]): its samples of the SFT model are the policy pairs")
+            cfg.policy_pairs = str(run / "sft_round2")
+        yield "reward", cfg
     elif stage == "ppo":
         yield "ppo", ppo_config(config, run)
     elif stage == "ppo_checker":
@@ -291,7 +297,7 @@ def policy_dir(run: Path) -> Path:
 NOT_FINGERPRINTED = ("progress", "reuse_sampler_logprobs", "share_prompts", "share_prompt", "pack_weights")
 # Settings added after runs were made, at the value that keeps the behaviour those runs had: left out of the
 # fingerprint at that value, so a finished run stays done, and counted at any other value.
-COUNTED_UNLESS = {"minibatch_by_question": False}
+COUNTED_UNLESS = {"minibatch_by_question": False, "policy_pairs": None, "policy_pairs_per_question": 16}
 
 
 def stage_settings(configs: list[tuple[str, object]], run: Path) -> list:
@@ -485,6 +491,9 @@ def round_plan(config: PipelineConfig, run: Path, round_: int, upstream: str) ->
                 controls.append(fingerprint)
         elif stage in MEASURE_STAGES and controls:  # measures every model, the controls' too
             fingerprint = _fingerprint(stage, settings, upstream + "".join(controls))
+        elif stage == "reward" and configs and configs[0][1].policy_pairs and "sft_round2" in plan:
+            # trained on expert iteration's samples too: redone when they are
+            fingerprint = _fingerprint(stage, settings, upstream + plan["sft_round2"][1])
         else:
             fingerprint = _fingerprint(stage, settings, upstream)
         plan[stage] = (configs, fingerprint, settings if configs else None)

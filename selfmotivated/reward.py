@@ -59,7 +59,7 @@ from .training import (
 log = logging.getLogger(__name__)
 
 PAIR_KEYS = ("question_id", "prompt", "chosen", "rejected", "chosen_tier", "rejected_tier")
-PROVENANCE = {"gold": 2, "free": 1, "wrong": 0}  # the provenance-only baseline's scores
+PROVENANCE = {"gold": 2, "free": 1, "policy": 1, "wrong": 0}  # the provenance-only baseline's scores
 DEFAULT_LR = {"full": 1e-5, "lora": 1e-4}
 REWARD_META = "reward_model.json"
 
@@ -78,6 +78,12 @@ class RewardConfig(TrainConfig):
         "help": "questions per micro-batch per process (all distinct responses of each question go in)"})
     margin_per_tier_gap: float = field(default=0.0, metadata={
         "help": "margin in the pairwise loss per tier of difference: -logsigmoid(r_b - r_w - m * gap)"})
+    policy_pairs: str | None = field(default=None, metadata={
+        "help": "also train on pairs from the SFT model's own checked samples: a finished sft_round2 folder "
+                "(samples.jsonl, kept.jsonl; in `sml run`: 'sft_round2'). Each question's right samples above "
+                "its wrong ones (pair type policy>policy): the population PPO shows the reward model"})
+    policy_pairs_per_question: int = field(default=16, metadata={
+        "help": "at most this many policy pairs a question (a seeded subsample)"})
     share_prompt: bool = field(default=True, metadata={
         "help": "encode a question's prompt once for all its responses (the same scores and gradients up to float "
                 "rounding, tested; with lora_dropout > 0 the responses share one dropout draw on the prompt); "
@@ -115,6 +121,8 @@ class RewardConfig(TrainConfig):
             raise ValueError(f"validity_temperature must be > 0 (fresh samples), got {self.validity_temperature}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.policy_pairs_per_question < 1:
+            raise ValueError(f"policy_pairs_per_question must be >= 1, got {self.policy_pairs_per_question}")
         if self.bon_n < 0:
             raise ValueError(f"bon_n must be >= 0, got {self.bon_n}")
         if self.bon_n and not self.bon_dataset:
@@ -141,11 +149,42 @@ class QuestionGroup:
 
 
 def load_pair_rows(config: RewardConfig) -> list[dict]:
+    """The rank's pairs (or a pair file), plus the policy's own pairs when `policy_pairs` names them."""
     from .rationales import load_pairs
 
-    return load_rows(config.train_file, config.run_dir, PAIR_KEYS, load_pairs, "pair",
+    rows = load_rows(config.train_file, config.run_dir, PAIR_KEYS, load_pairs, "pair",
                      "a reward model needs questions with rationales in at least two tiers (e.g. a correct "
                      "and a wrong one)")
+    if config.policy_pairs:
+        from .expert_iteration import policy_pairs
+
+        rows += merge_policy_pairs(rows, policy_pairs(config.policy_pairs, config.policy_pairs_per_question,
+                                                      config.seed))
+    return rows
+
+
+def merge_policy_pairs(rows: Sequence[dict], extra: Sequence[dict]) -> list[dict]:
+    """The extra (policy) pairs that fit beside `rows`: a pair is left out when one of its texts already has
+    another tier in that question (a hinted rationale the sampler happened to repeat), and a question whose
+    prompt differs from the rank's gets a question id of its own (one question, one prompt)."""
+    tiers: dict[str, dict[str, int]] = {}
+    prompts: dict[str, str] = {}
+    for r in rows:
+        qid = str(r["question_id"])
+        prompts.setdefault(qid, r["prompt"])
+        tiers.setdefault(qid, {}).update({r["chosen"]: int(r["chosen_tier"]), r["rejected"]: int(r["rejected_tier"])})
+    kept = []
+    for r in extra:
+        qid = str(r["question_id"])
+        if qid in prompts and prompts[qid] != r["prompt"]:
+            r = {**r, "question_id": f"{qid} (policy prompt)"}
+            qid = r["question_id"]
+        known = tiers.get(qid, {})
+        if known.get(r["chosen"], r["chosen_tier"]) != r["chosen_tier"] or \
+                known.get(r["rejected"], r["rejected_tier"]) != r["rejected_tier"]:
+            continue
+        kept.append(r)
+    return kept
 
 
 def group_pairs(rows: Sequence[dict]) -> list[QuestionGroup]:

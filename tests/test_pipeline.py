@@ -372,3 +372,31 @@ def test_a_bad_transfer_setting_fails_when_the_config_loads(tmp_path):
         load_pipeline_config(tmp_path / "bad.yaml")
     with pytest.raises(ValueError, match="transfer: dataset cannot change"):
         load_pipeline_config(DEMO, {"transfer": {"dataset": "synthetic_coin_flip"}})
+
+
+def test_reward_on_policy_pairs_reads_expert_iterations_samples_and_chains_to_them(tmp_path):
+    """reward.policy_pairs: sft_round2 trains the reward model on the run's expert-iteration samples too: the path
+    is the run's, the reward stage (and what follows) is redone when those samples are, and leaving the key out
+    (or at its default) keeps a finished run's fingerprints."""
+    import dataclasses
+
+    from selfmotivated.pipeline import round_plan
+
+    config = dataclasses.replace(load_pipeline_config(DEMO), controls=("sft_round2",))
+    before = round_plan(config, tmp_path, 1, "")
+    assert "policy_pairs" not in json.dumps(before["reward"][2])
+    same = round_plan(dataclasses.replace(config, reward={**config.reward, "policy_pairs": None,
+                                                          "policy_pairs_per_question": 16}), tmp_path, 1, "")
+    assert same["reward"][1] == before["reward"][1]
+    on_policy = dataclasses.replace(config, reward={**config.reward, "policy_pairs": "sft_round2"})
+    plan = round_plan(on_policy, tmp_path, 1, "")
+    assert plan["reward"][0][0][1].policy_pairs == str(tmp_path / "sft_round2")
+    assert plan["reward"][1] != before["reward"][1] and plan["ppo"][1] != before["ppo"][1]
+    assert plan["sft_round2"][1] == before["sft_round2"][1]
+    # PPO's iterations set expert iteration's sample budget, nothing of the reward model's own settings.
+    for cfg, chained in ((config, False), (on_policy, True)):
+        longer = round_plan(dataclasses.replace(cfg, ppo={**cfg.ppo, "iterations": 99}), tmp_path, 1, "")
+        assert longer["sft_round2"][1] != round_plan(cfg, tmp_path, 1, "")["sft_round2"][1]
+        assert (longer["reward"][1] != round_plan(cfg, tmp_path, 1, "")["reward"][1]) is chained
+    with pytest.raises(ValueError, match="sft_round2 control"):
+        round_plan(dataclasses.replace(on_policy, controls=()), tmp_path, 1, "")

@@ -350,3 +350,70 @@ def test_reward_model_scores_a_cut_off_copy_below_the_finished_rationale(tiny_di
     assert metrics["heldout"]["pairwise_accuracy"] > 0.9
     assert all(e > c for e, c in zip(ended, same_text_cut)), (ended, same_text_cut)
     assert all(e > c for e, c in zip(ended, half)), (ended, half)
+
+
+def write_policy_samples(folder, n=200, seed=1, prompt=lambda i, animal: f"Q{i}: legs of a {animal}?\nA:"):
+    """A finished sft_round2 folder for the legs toy: per question two right samples and two wrong ones, one of
+    them cut off at the token limit; kept.jsonl holds the prompts of questions with a right sample."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    samples, kept = [], []
+    for i in range(n):
+        animal = list(LEGS)[i % len(LEGS)]
+        right = LEGS[animal]
+        wrongs = rng.sample([x for x in range(10) if x != right], 2)
+        texts = [(f" Legs: {right}.", True, "eos"), (f" It has {right} legs.", True, "eos"),
+                 (f" Legs: {wrongs[0]}.", False, "eos"), (f" It has {wrongs[1]} legs and", False, "length")]
+        for j, (text, ok, finish) in enumerate(texts):
+            samples.append({"id": f"q{i}", "slot": i, "sample": j, "text": text, "correct": ok, "finish_reason": finish})
+            if ok:
+                kept.append({"question_id": f"q{i}", "prompt": prompt(i, animal), "response": text})
+    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
+    (folder / "kept.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return str(folder)
+
+
+def test_policy_pairs_put_each_right_sample_above_each_wrong_one(tmp_path):
+    from selfmotivated.expert_iteration import policy_pairs
+
+    folder = write_policy_samples(tmp_path / "ei", n=3)
+    with open(tmp_path / "ei" / "samples.jsonl", "a") as fh:  # a question with right samples only: no pair
+        fh.write(json.dumps({"id": "q9", "text": " Legs: 8.", "correct": True, "finish_reason": "eos"}) + "\n")
+        fh.write(json.dumps({"id": "q9", "text": " Legs: 8.", "correct": True, "finish_reason": "eos"}) + "\n")
+    pairs = policy_pairs(folder)
+    assert len(pairs) == 3 * 2 * 2 and {p["question_id"] for p in pairs} == {"q0", "q1", "q2"}
+    assert all(p["pair_type"] == "policy>policy" and (p["chosen_tier"], p["rejected_tier"]) == (3, 1) for p in pairs)
+    assert all(p["prompt"] == f"{p['question_id'].upper()}: legs of a {list(LEGS)[int(p['question_id'][1])]}?\nA:"
+               for p in pairs)
+    cut = [p for p in pairs if p["rejected"].endswith(" and")]
+    assert len(cut) == 3 * 2 and not any(p["rejected_finished"] for p in cut)  # read as PPO reads a cut-off rollout
+    assert len(policy_pairs(folder, max_pairs_per_question=1)) == 3
+    (tmp_path / "ei" / "kept.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="kept.jsonl"):
+        policy_pairs(folder)
+
+
+def test_merge_policy_pairs_keeps_one_tier_and_one_prompt_per_question():
+    from selfmotivated.reward import merge_policy_pairs
+
+    rank = [row("q1", " gold 8.", " 8 legs.", ct=3, rt=2, prompt="P1"), row("q2", " a", " b", prompt="P2")]
+    extra = [row("q1", " 8 legs.", " 3 legs.", prompt="P1"),  # " 8 legs." is tier 2 in the rank: left out
+             row("q1", " 8 legs!", " 3 legs.", prompt="P1"),
+             row("q2", " a", " c", prompt="other prompt")]  # same id, another prompt: a question of its own
+    merged = merge_policy_pairs(rank, extra)
+    assert [(r["question_id"], r["chosen"]) for r in merged] == [("q1", " 8 legs!"), ("q2 (policy prompt)", " a")]
+    assert len(group_pairs(rank + merged)) == 3
+
+
+def test_reward_model_learns_from_policy_pairs(tiny_dir, tmp_path):
+    """The rank's labels are shuffled (no signal); the policy's own right and wrong samples carry the rule."""
+    shuffled = write_legs_pairs(tmp_path / "shuffled.jsonl", flip=True)
+    folder = write_policy_samples(tmp_path / "ei")
+    metrics = run_reward(config(tiny_dir, tmp_path, train_file=shuffled, policy_pairs=folder,
+                                policy_pairs_per_question=2))
+    by_type = metrics["heldout"]["accuracy_by_pair_type"]
+    assert by_type["policy>policy"]["n_pairs"] == 40 * 2 and by_type["policy>policy"]["accuracy"] >= 0.8
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["data"]["pair_rows"] == 400 + 200 * 2
+    with pytest.raises(ValueError, match="policy_pairs_per_question"):
+        config(tiny_dir, tmp_path, policy_pairs=folder, policy_pairs_per_question=0)
