@@ -288,6 +288,7 @@ def test_malformed_files_give_na_not_a_crash(tmp_path):
 def test_comparison_of_two_runs_shows_both(tmp_path):
     a = make_run(tmp_path / "seeds", "seed0", seed=0)
     b = make_run(tmp_path / "seeds", "seed1", seed=1, shift=0.02, ppo="hacking")
+    _write(a / "reward" / "validity.json", {"auroc": 0.68, "within_question_auroc": 0.49, "n": 400})
     result = make_report([str(a), str(b)])
     out = a / "compare"
     assert result["markdown"] == str(out / "report.md")
@@ -297,6 +298,11 @@ def test_comparison_of_two_runs_shows_both(tmp_path):
     assert cells(md, SML) == [SML, "41.3 ±4.1 (n=150)", "43.3 ±4.1 (n=150)", "42.3 ± 1.4"]
     assert "SML minus SFT-only on coin_flip: seed0 +6.0, seed1 +6.0 points" in md
     assert "seed1: reward hacking" in md and "seed0: reward hacking" not in md
+    # each run's own paired tests, and the reward model's order within a question beside its overall AUROC
+    paired = md.split("## Paired comparisons within each run")[1].split("## Reward model and PPO")[0]
+    assert "### seed0" in paired and "### seed1" in paired and paired.count(f"{SML} vs SFT on") == 4
+    training = md.split("## Reward model and PPO")[1]
+    assert cells(training, "seed0 |")[2:4] == ["0.680", "0.490"] and cells(training, "seed1 |")[3] == "n/a"
     check_png(out / "plots" / "accuracy_compare.png")
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 1 and "<th>seed1</th>" in page

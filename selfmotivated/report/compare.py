@@ -31,7 +31,7 @@ def compare_report(runs: list[Run], published: dict, config: ReportConfig,
     """The title and blocks of a side-by-side comparison of runs (ablations, seeds)."""
     datasets = list(dict.fromkeys(d for r in runs for d in r.datasets))
     blocks = (_compare_runs(runs) + _compare_accuracy(runs, datasets, published, config)
-              + _compare_training(runs, config))
+              + _compare_paired(runs) + _compare_training(runs, config))
     blocks.append(Heading(1, "Plots"))
     path = compare_plot(runs, datasets, plot_dir / "accuracy_compare.png") if config.plots else None
     blocks.append(Image(path, "Test accuracy by run, per dataset; error bars: 95% Wilson interval") if path
@@ -144,18 +144,31 @@ def _across_datasets(owners: dict[str, list[Run]], model_keys: list[str], publis
     return blocks
 
 
+def _compare_paired(runs: list[Run]) -> list:
+    """Each run's paired tests of its model rows: a comparison across runs is only as sound as those within."""
+    from .paired import paired_blocks
+
+    blocks = []
+    for r in runs:
+        found = paired_blocks(r)
+        if found:
+            blocks += [Heading(2, r.name), *found]
+    return [Heading(1, "Paired comparisons within each run"), *blocks] if blocks else []
+
+
 def _compare_training(runs: list[Run], config: ReportConfig) -> list:
     rows = []
     for r in runs:
         o = ppo_overview(r)
         found = {s.name for s in failure_signatures(r.ppo_log, **_thresholds(config))}
         rows.append([r.name, num(_get(r.reward, "metrics", "heldout", "pairwise_accuracy")),
-                     num(_get(r.validity, "auroc")), o["iterations"] or "n/a",
+                     num(_get(r.validity, "auroc")), num(_get(r.validity, "within_question_auroc")),
+                     o["iterations"] or "n/a",
                      num(_get(o, "score", "first")) + " -> " + num(_get(o, "score", "last")),
                      num(_get(o, "kl", "last")), num(_get(o, "entropy", "last")),
                      ", ".join(sorted(found)) or "none"])
     return [Heading(1, "Reward model and PPO"),
-            Table(["run", "RM held-out pairwise acc.", "RM validity AUROC", "PPO iterations",
+            Table(["run", "RM held-out pairwise acc.", "RM validity AUROC", "within a question", "PPO iterations",
                    "PPO score first -> last", "KL last",
                    "entropy last", "failure signatures"], rows)]
 
