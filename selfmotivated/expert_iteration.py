@@ -124,26 +124,34 @@ def sample_correct(config: ExpertIterationConfig, out: Path) -> dict:
 
 
 def policy_pairs(folder: str | Path, max_pairs_per_question: int | None = 16, seed: int = 0) -> list[dict]:
-    """Reward-model pairs from the SFT model's own checked samples (`folder`: samples.jsonl and kept.jsonl of
-    `sft_round2`): every right sample of a question above every wrong one (pair type policy>policy, tiers 3
-    and 1, as the rank's free samples), each distinct text once, at most `max_pairs_per_question` a question
-    (a seeded subsample). These are the texts PPO will show the reward model: the policy's free samples, read
-    raw as PPO reads its rollouts (unfinished when cut off at the token limit). A question needs a right
-    sample for its prompt (kept.jsonl holds it) and a wrong one for a pair."""
+    """Reward-model pairs from the SFT model's own checked samples (`folder`: a finished `sft_round2`, its
+    samples.jsonl, kept.jsonl and samples_settings.json): every right sample of a question above every wrong
+    one (pair type policy>policy, tiers 3 and 1, as the rank's free samples), each distinct text once, at most
+    `max_pairs_per_question` a question (a seeded subsample). These are what PPO will show the reward model,
+    the policy's free samples, and they are read as PPO reads its rollouts (`reward_views`: a text that
+    states an answer ends at our answer line). A question needs a right sample for its prompt (kept.jsonl
+    holds it) and a wrong one for a pair."""
     import random
 
+    from .config import build_config
+    from .data import load_examples
+    from .rationales.rank import reward_views
+
     folder = Path(folder)
-    samples_file, kept_file = folder / "samples.jsonl", folder / "kept.jsonl"
-    for f in (samples_file, kept_file):
+    samples_file, kept_file, settings_file = (folder / n for n in
+                                              ("samples.jsonl", "kept.jsonl", "samples_settings.json"))
+    for f in (samples_file, kept_file, settings_file):
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: policy pairs come from a finished sft_round2 stage "
-                                    f"(its samples.jsonl and kept.jsonl)")
+                                    f"(its samples.jsonl, kept.jsonl and samples_settings.json)")
+    data = build_config(DataConfig, json.loads(settings_file.read_text())["data"], f"{settings_file}: data")
+    examples = {ex.id: ex for ex in load_examples(data)}
     prompts = {}
-    for n, line in enumerate(kept_file.read_text().splitlines(), 1):
+    for line in kept_file.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
             prompts.setdefault(str(row["question_id"]), row["prompt"])
-    by_question: dict[str, dict[str, tuple[bool, bool]]] = {}  # id -> text -> (correct, finished)
+    by_question: dict[str, dict[str, tuple[bool, bool]]] = {}  # id -> response as scored -> (correct, finished)
     for n, line in enumerate(samples_file.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -151,9 +159,13 @@ def policy_pairs(folder: str | Path, max_pairs_per_question: int | None = 16, se
         missing = [k for k in ("id", "text", "correct") if k not in row]
         if missing:
             raise ValueError(f"{samples_file}:{n}: missing key(s) {missing}")
-        if row["text"].strip():
-            texts = by_question.setdefault(str(row["id"]), {})
-            texts.setdefault(row["text"], (bool(row["correct"]), row.get("finish_reason") != "length"))
+        example = examples.get(row["id"])
+        if example is None:
+            raise ValueError(f"{samples_file}:{n}: question {row['id']!r} is not in {data.dataset!r} "
+                             f"(the dataset samples_settings.json names)")
+        (view,), (finished,) = reward_views([row["text"]], [example], [row.get("finish_reason") == "length"])
+        if view:
+            by_question.setdefault(str(row["id"]), {}).setdefault(view, (bool(row["correct"]), finished))
     rng = random.Random(seed)
     pairs = []
     for qid, texts in by_question.items():

@@ -352,42 +352,54 @@ def test_reward_model_scores_a_cut_off_copy_below_the_finished_rationale(tiny_di
     assert all(e > c for e, c in zip(ended, half)), (ended, half)
 
 
-def write_policy_samples(folder, n=200, seed=1, prompt=lambda i, animal: f"Q{i}: legs of a {animal}?\nA:"):
-    """A finished sft_round2 folder for the legs toy: per question two right samples and two wrong ones, one of
-    them cut off at the token limit; kept.jsonl holds the prompts of questions with a right sample."""
+def write_policy_samples(folder, n=200, seed=1):
+    """A finished sft_round2 folder for the legs toy (its questions a JSONL dataset of the user's): per question
+    two right samples and two wrong ones, one cut off at the token limit before any answer; kept.jsonl holds the
+    prompts of questions with a right sample, samples_settings.json the dataset."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    samples, kept = [], []
+    questions, samples, kept = [], [], []
     for i in range(n):
         animal = list(LEGS)[i % len(LEGS)]
         right = LEGS[animal]
-        wrongs = rng.sample([x for x in range(10) if x != right], 2)
-        texts = [(f" Legs: {right}.", True, "eos"), (f" It has {right} legs.", True, "eos"),
-                 (f" Legs: {wrongs[0]}.", False, "eos"), (f" It has {wrongs[1]} legs and", False, "length")]
+        questions.append({"id": f"q{i}", "question": f"Legs of a {animal}?", "answer": str(right), "split": "train"})
+        wrong = rng.sample([x for x in range(10) if x != right], 2)
+        texts = [(f" Legs: {right}.", True, "stop"), (f" It has {right} legs. The answer is {right}. More", True, "length"),
+                 (f" Legs: {wrong[0]}.", False, "stop"), (" It has many legs and", False, "length")]
         for j, (text, ok, finish) in enumerate(texts):
             samples.append({"id": f"q{i}", "slot": i, "sample": j, "text": text, "correct": ok, "finish_reason": finish})
             if ok:
-                kept.append({"question_id": f"q{i}", "prompt": prompt(i, animal), "response": text})
+                kept.append({"question_id": f"q{i}", "prompt": f"Q{i}: legs of a {animal}?\nA:", "response": text})
+    (folder / "legs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in questions))
     (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
     (folder / "kept.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    data = {"dataset": str(folder / "legs.jsonl"), "split": "train", "id_field": "id", "answer_type": "number"}
+    (folder / "samples_settings.json").write_text(json.dumps({"data": data}))
     return str(folder)
 
 
-def test_policy_pairs_put_each_right_sample_above_each_wrong_one(tmp_path):
+def test_policy_pairs_put_each_right_sample_above_each_wrong_one_as_ppo_reads_them(tmp_path):
     from selfmotivated.expert_iteration import policy_pairs
 
     folder = write_policy_samples(tmp_path / "ei", n=3)
-    with open(tmp_path / "ei" / "samples.jsonl", "a") as fh:  # a question with right samples only: no pair
-        fh.write(json.dumps({"id": "q9", "text": " Legs: 8.", "correct": True, "finish_reason": "eos"}) + "\n")
-        fh.write(json.dumps({"id": "q9", "text": " Legs: 8.", "correct": True, "finish_reason": "eos"}) + "\n")
+    with open(tmp_path / "ei" / "samples.jsonl", "a") as fh:  # right samples only: no pair
+        for _ in range(2):
+            fh.write(json.dumps({"id": "q2", "text": " Legs: 2.", "correct": True, "finish_reason": "stop"}) + "\n")
     pairs = policy_pairs(folder)
     assert len(pairs) == 3 * 2 * 2 and {p["question_id"] for p in pairs} == {"q0", "q1", "q2"}
     assert all(p["pair_type"] == "policy>policy" and (p["chosen_tier"], p["rejected_tier"]) == (3, 1) for p in pairs)
-    assert all(p["prompt"] == f"{p['question_id'].upper()}: legs of a {list(LEGS)[int(p['question_id'][1])]}?\nA:"
-               for p in pairs)
-    cut = [p for p in pairs if p["rejected"].endswith(" and")]
-    assert len(cut) == 3 * 2 and not any(p["rejected_finished"] for p in cut)  # read as PPO reads a cut-off rollout
+    assert pairs[0]["prompt"] == "Q0: legs of a spider?\nA:"
+    # As PPO scores a rollout: a text with an answer ends at our answer line and is finished, whatever ran on
+    # after it; one cut off with no answer stays unfinished.
+    chosen = {(p["chosen"], p["chosen_finished"]) for p in pairs if p["question_id"] == "q0"}
+    assert chosen == {("Legs: 8. The answer is 8.", True), ("It has 8 legs. The answer is 8.", True)}
+    rejected = {(p["rejected"], p["rejected_finished"]) for p in pairs if p["question_id"] == "q0"}
+    assert ("It has many legs and", False) in rejected
     assert len(policy_pairs(folder, max_pairs_per_question=1)) == 3
+    with open(tmp_path / "ei" / "samples.jsonl", "a") as fh:
+        fh.write(json.dumps({"id": "q77", "text": " Legs: 2.", "correct": True}) + "\n")
+    with pytest.raises(ValueError, match=r"samples.jsonl:15: question 'q77' is not in"):
+        policy_pairs(folder)
     (tmp_path / "ei" / "kept.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="kept.jsonl"):
         policy_pairs(folder)
