@@ -625,8 +625,8 @@ def write_summary(config: PipelineConfig, run: Path, record: dict) -> dict:
     validity = _read_json(run / "reward" / "validity.json")
     if validity:
         summary["reward_validity"] = {k: validity.get(k) for k in (
-            "auroc", "n", "n_correct", "n_questions", "within_question_auroc", "n_questions_with_both",
-            "by_pair_type", "provenance_baseline_accuracy", "pairwise_accuracy")}
+            "auroc", "n", "n_correct", "n_questions", "within_question_auroc", "within_question_auroc_ci95",
+            "n_questions_with_both", "by_pair_type", "provenance_baseline_accuracy", "pairwise_accuracy")}
     refused = {stage: info["reason"] for stage, info in record.items() if info.get("status") == "refused"}
     if refused:
         summary["refused"] = refused  # why a model row (sml) is missing

@@ -43,6 +43,23 @@ def within_question_auroc(rows: Sequence[dict]) -> tuple[float | None, int]:
     return (statistics.fmean(values) if values else None), len(values)
 
 
+def within_question_interval(rows: Sequence[dict], n_resamples: int = 2000, seed: int = 0) -> list[float] | None:
+    """95% bootstrap interval of the within-question AUROC, resampling the questions that have both right and
+    wrong samples (they are the units: a question's samples share its difficulty). None below 2 questions."""
+    import random
+
+    by_question: dict[str, list[dict]] = {}
+    for r in rows:
+        by_question.setdefault(r["id"], []).append(r)
+    values = [auroc([r["score"] for r in rs], [r["correct"] for r in rs]) for rs in by_question.values()]
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return None
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(n_resamples))
+    return [means[int(0.025 * n_resamples)], means[int(0.975 * n_resamples) - 1]]
+
+
 def validity_figures(rows: Sequence[dict]) -> dict:
     """The report's figures from sample rows {id, score, correct, finished}."""
     scores = [r["score"] for r in rows]
@@ -56,6 +73,7 @@ def validity_figures(rows: Sequence[dict]) -> dict:
         "n_correct": sum(correct),
         "n_questions": len({r["id"] for r in rows}),
         "within_question_auroc": within,
+        "within_question_auroc_ci95": within_question_interval(rows),
         "n_questions_with_both": n_within,
         "mean_score_correct": statistics.fmean(right) if right else None,
         "mean_score_wrong": statistics.fmean(wrong) if wrong else None,

@@ -52,3 +52,20 @@ def test_pair_metrics_by_pair_type_and_provenance_baseline():
                                           "gold>wrong": {"accuracy": 1.0, "n_pairs": 1}}
     # Provenance alone: ties (free vs free) count half, gold over wrong is right: (0.5 + 0.5 + 1) / 3
     assert m["provenance_baseline_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_within_question_interval_resamples_questions():
+    from selfmotivated.validity import within_question_interval
+
+    def question(qid, right_first):
+        hi, lo = (True, False) if right_first else (False, True)
+        return [{"id": qid, "score": 1.0, "correct": hi, "finished": True},
+                {"id": qid, "score": 0.0, "correct": lo, "finished": True}]
+
+    perfect = [r for i in range(10) for r in question(f"q{i}", True)]
+    assert within_question_interval(perfect) == [1.0, 1.0]
+    mixed = [r for i in range(40) for r in question(f"q{i}", i % 2 == 0)]  # half ordered right: 0.5
+    low, high = within_question_interval(mixed)
+    assert low < 0.5 < high and 0.25 < low and high < 0.75  # sd of a mean of 40 coin flips: 0.079
+    assert within_question_interval(question("one", True)) is None  # one question: no interval
+    assert validity_figures(mixed)["within_question_auroc_ci95"] == [low, high]

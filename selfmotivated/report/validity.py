@@ -87,6 +87,7 @@ def _figures(run: Run, v: dict, pairwise: float | None, provenance: float | None
         ["within-question AUROC",
          (f"{num(v.get('within_question_auroc'))} over {v.get('n_questions_with_both', 'n/a')} questions "
           "with both right and wrong samples")],
+        ["its 95% interval (bootstrap over those questions)", _interval(v.get("within_question_auroc_ci95"))],
         ["mean score of right samples", num(v.get("mean_score_correct"))],
         ["mean score of wrong samples", num(v.get("mean_score_wrong"))],
         ["samples cut at the token limit (%)", pct(v.get("truncated_frac"))],
@@ -144,3 +145,7 @@ def validity_blocks(run: Run, config: ReportConfig, plot_dir: Path) -> list:
             blocks.append(Image(path, "Reward validity: reward-model scores of fresh policy samples the "
                                       "checker calls right (green) and wrong (red)"))
     return blocks
+
+
+def _interval(ci) -> str:
+    return f"{ci[0]:.3f} to {ci[1]:.3f}" if isinstance(ci, (list, tuple)) and len(ci) == 2 else "n/a"
