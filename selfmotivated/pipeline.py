@@ -507,6 +507,45 @@ def round_chain(plan: dict) -> str:
     return plan["ppo"][1]
 
 
+# Stages whose outputs are one evaluation per (model, dataset): on a rerun, those of unchanged models are kept.
+REUSABLE_STAGES = ("evaluate", "transfer")
+# Which stage's output a model row is (its fingerprint says whether the model changed).
+MODEL_STAGE = {"sft": "sft", "sml": "ppo", "ppo_checker": "ppo_checker", "sft_round2": "sft_round2"}
+
+
+def model_producers(configs, planned: dict, upstream: str) -> dict[str, str]:
+    """label -> the fingerprint of the stage that made the label's model (the base model: the round's upstream,
+    "" in round 1, where the base model is the config's and its name is in the label's settings)."""
+    out = {}
+    for label, _ in configs:
+        key = label.split("/", 1)[0]
+        out[label] = planned[MODEL_STAGE[key]][1] if key in MODEL_STAGE else f"base:{upstream}"
+    return out
+
+
+def reusable_labels(before: dict, settings: list | None, producers: dict[str, str]) -> set[str]:
+    """Labels of a finished measuring stage whose evaluation can stay: same settings, same model (by the
+    fingerprint recorded when it ran; a record without one keeps nothing)."""
+    if before.get("status") != "done" or not settings or not isinstance(before.get("models"), dict):
+        return set()
+    old = {label: cfg for label, cfg in before.get("settings") or []}
+    return {label for label, cfg in settings
+            if label in old and old[label] == cfg and before["models"].get(label) == producers.get(label)}
+
+
+def _relocate_evaluation(out: Path, model: str) -> None:
+    """A kept evaluation of a copied or moved run folder names the model by its old path: the same model (its
+    stage fingerprint says so), so it is told the new one, and the evaluation resumes instead of refusing."""
+    path = out / "eval_config.json"
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    if recorded.get("model") != model:
+        recorded["model"] = model
+        _write_json(path, recorded)
+
+
 def stage_action(before: dict, fingerprint: str, forced: bool, settings: list | None = None) -> str:
     """What `sml run` does with a stage, given its record in stages.json and its settings now (None: the
     stage has nothing to run): "done" (up to date), "skipped", "run", "resume" (interrupted), "rerun (--from)"
@@ -571,8 +610,18 @@ def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upst
         if action == "done":
             log.info("%s[%d/%d] %s: done before, skipped", name, index + 1, len(STAGES), stage)
             continue
+        producers = model_producers(configs, planned, upstream) if stage in REUSABLE_STAGES else {}
         if action.startswith("rerun"):
-            _move_aside(where, _stage_outputs(where, stage, configs), stage)
+            # An evaluation of a model that did not change, with the same settings, is kept (the evaluation
+            # finds it complete): a new reward model re-evaluates SML, not SFT and the controls.
+            keep = set() if forced else reusable_labels(before, settings, producers)
+            if keep:
+                log.info("%s: keeping the evaluations of unchanged models: %s", stage, ", ".join(sorted(keep)))
+                for label, cfg in configs:
+                    if label in keep:
+                        _relocate_evaluation(Path(cfg.out), cfg.model)
+            _move_aside(where, _stage_outputs(where, stage, [(label, cfg) for label, cfg in configs
+                                                             if label not in keep]), stage)
         log.info("%s[%d/%d] %s: %s", name, index + 1, len(STAGES), stage,
                  {"resume": "resuming", "run": "running"}.get(action, action))
         record[stage] = {"status": "running", "fingerprint": fingerprint, "started": time.time(),
@@ -592,6 +641,8 @@ def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upst
             continue
         record[stage] = {"status": "done", "fingerprint": fingerprint,
                          "seconds": round(time.perf_counter() - start, 1), "settings": settings}
+        if producers:
+            record[stage]["models"] = producers
         _write_json(record_path, record)
         _write_json(where / f"{stage}_result.json", results)
     _write_json(record_path, record)

@@ -123,6 +123,19 @@ def test_changed_setting_reruns_that_stage_and_later(tmp_path, smoke_run):
         assert after[stage]["fingerprint"] == first[stage]["fingerprint"]
     stale = list((run / "stale").iterdir())
     assert any(p.name.startswith("reward-") for p in stale)  # old output moved aside, not deleted
+    # The evaluations of models that did not change (SFT, the controls, base on the transfer set) are kept, not
+    # redone; SML's are redone (moved aside first).
+    moved = {q.name for p in stale if p.name.startswith(("evaluate-", "transfer-")) for q in p.iterdir()}
+    assert moved and all(name.startswith("eval__sml") for name in moved)
+    assert after["evaluate"]["models"]["sft/" + DATASET] == after["sft"]["fingerprint"]
+    assert after["evaluate"]["models"]["sml/" + DATASET] == after["ppo"]["fingerprint"]
+    for key in ("sft", "ppo_checker", "sft_round2"):
+        folder = run / "eval" / key / DATASET
+        assert (folder / "predictions.jsonl").read_text() == (src / "eval" / key / DATASET / "predictions.jsonl").read_text()
+    # --from forces every evaluation again.
+    run_pipeline(config, run, from_stage="evaluate")
+    moved_again = {q.name for p in (run / "stale").iterdir() if p.name.startswith("evaluate-") for q in p.iterdir()}
+    assert any(name.startswith("eval__sft__") for name in moved_again)
 
 
 def test_plan_says_what_would_run_and_changes_nothing(tmp_path, smoke_run, capsys):
