@@ -376,6 +376,15 @@ def stage_work(stage: str, configs: list, p: _Prompts, pipeline) -> Work:
         work.train(cfg.method, trained)
         work.forward_tokens += val
         work.model_loads += 2  # load, save
+        if cfg.policy_pairs:  # expert iteration's samples too: at most all of them, on their questions
+            (_, ei), = stage_configs_of(pipeline, "sft_round2")
+            ei_prompt = p.full_length(ei.data, ei.prompt, chat=ei.chat)
+            per_prompt = (ei_prompt + ei.samples_per_prompt * ei.max_new_tokens) if cfg.share_prompt else \
+                ei.samples_per_prompt * (ei_prompt + ei.max_new_tokens)
+            trained, val = _train_tokens(cfg, ei.samples // ei.samples_per_prompt, per_prompt)
+            work.train(cfg.method, trained)
+            work.forward_tokens += val
+            work.notes.append(f"and up to {ei.samples} policy samples")
         if cfg.validity_dataset and cfg.validity_questions:
             work.model_loads += 2  # the policy that samples, the saved reward model
             rows = cfg.validity_questions * cfg.validity_samples

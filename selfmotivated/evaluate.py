@@ -256,5 +256,18 @@ def run_eval(config: EvalConfig, model=None, tokenizer=None, examples: list[Exam
     }
     new_tokens = sum(r["new_tokens"] for r in rows if r["id"] in {ex.id for ex in todo})
     metrics["tokens_per_second"] = round(new_tokens / seconds, 2) if seconds > 0 else None
+    if not todo:  # nothing was left to evaluate: the time it took is the earlier run's
+        earlier = _read_json_object(out / "metrics.json")
+        for key in ("seconds", "tokens_per_second"):
+            if key in earlier:
+                metrics[key] = earlier[key]
     _write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _read_json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -30,6 +30,7 @@ from pathlib import Path
 from .config import build_config, load_yaml
 from .data import TRANSFER_SUFFIX, DataConfig, dataset_folder
 from .ppo.gate import RewardModelInvalid
+from .training import ADDED_LATER
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +296,9 @@ def policy_dir(run: Path) -> Path:
 # Settings that change how fast a stage runs, not what it produces (beyond float rounding; tested): changing one
 # reruns nothing.
 NOT_FINGERPRINTED = ("progress", "reuse_sampler_logprobs", "share_prompts", "share_prompt", "pack_weights")
-# Settings added after runs were made, at the value that keeps the behaviour those runs had: left out of the
-# fingerprint at that value, so a finished run stays done, and counted at any other value.
-COUNTED_UNLESS = {"minibatch_by_question": False, "policy_pairs": None, "policy_pairs_per_question": 16}
+# Settings added after runs were made (training.ADDED_LATER), at the value that keeps the behaviour those runs
+# had: left out of the fingerprint at that value, so a finished run stays done, and counted at any other value.
+COUNTED_UNLESS = ADDED_LATER
 
 
 def stage_settings(configs: list[tuple[str, object]], run: Path) -> list:
@@ -526,7 +527,8 @@ def model_producers(configs, planned: dict, upstream: str) -> dict[str, str]:
 def reusable_labels(before: dict, settings: list | None, producers: dict[str, str]) -> set[str]:
     """Labels of a finished measuring stage whose evaluation can stay: same settings, same model (by the
     fingerprint recorded when it ran; a record without one keeps nothing)."""
-    if before.get("status") != "done" or not settings or not isinstance(before.get("models"), dict):
+    if before.get("status") != "done" or before.get("invalidated") or not settings \
+            or not isinstance(before.get("models"), dict):
         return set()
     old = {label: cfg for label, cfg in before.get("settings") or []}
     return {label for label, cfg in settings
@@ -546,12 +548,51 @@ def _relocate_evaluation(out: Path, model: str) -> None:
         _write_json(path, recorded)
 
 
+CHAIN_STAGES = ("generate", "rank", "sft", "reward", "ppo")  # each trains or makes what the next one reads
+
+
+def reads(later: str, stage: str, policy_pairs: bool = False) -> bool:
+    """Whether stage `later` (after `stage` in STAGES) reads what `stage` makes, directly or through another."""
+    if stage == "baseline":
+        return False
+    if later in ("evaluate", "transfer"):
+        return True
+    if later in CONTROL_STAGES:
+        return stage in ("generate", "rank", "sft")
+    return stage in CHAIN_STAGES or (stage == "sft_round2" and policy_pairs)
+
+
+def _invalidate_readers(config: PipelineConfig, run: Path, round_: int, record: dict, planned: dict,
+                        stage: str) -> None:
+    """`stage` is about to make its output anew under a fingerprint that may be unchanged (--from, a resumed
+    interruption): a later stage recorded done on its old output must not pass for done, in this round and,
+    when the round's SML model may change, in the later ones."""
+    configs = planned["reward"][0]
+    policy_pairs = bool(configs and getattr(configs[0][1], "policy_pairs", None))
+    for later in STAGES[STAGES.index(stage) + 1:]:
+        # Only a record that would still pass for done: one whose fingerprint changed reruns anyway, keeping
+        # the evaluations of unchanged models.
+        if record.get(later, {}).get("fingerprint") == planned[later][1] and reads(later, stage, policy_pairs):
+            record[later]["invalidated"] = True
+    if stage in CHAIN_STAGES:
+        for r in range(round_ + 1, config.rounds + 1):
+            path = round_dir(run, r) / "stages.json"
+            later_record = _read_json(path)
+            if later_record:
+                for info in later_record.values():
+                    if info.get("status") != "skipped":
+                        info["invalidated"] = True
+                _write_json(path, later_record)
+
+
 def stage_action(before: dict, fingerprint: str, forced: bool, settings: list | None = None) -> str:
     """What `sml run` does with a stage, given its record in stages.json and its settings now (None: the
     stage has nothing to run): "done" (up to date), "skipped", "run", "resume" (interrupted), "rerun (--from)"
     or "rerun (...)" naming the settings that changed. A rerun moves the old outputs to RUN/stale first."""
     if settings is None:
         return "skipped"
+    if before.get("invalidated") and not forced:
+        return "rerun (an earlier stage was redone)"
     if before.get("status") in ("done", "refused") and before.get("fingerprint") == fingerprint and not forced:
         return "done"
     if forced and before:
@@ -624,6 +665,7 @@ def _run_round(config: PipelineConfig, run: Path, where: Path, round_: int, upst
                                                              if label not in keep]), stage)
         log.info("%s[%d/%d] %s: %s", name, index + 1, len(STAGES), stage,
                  {"resume": "resuming", "run": "running"}.get(action, action))
+        _invalidate_readers(config, run, round_, record, planned, stage)
         record[stage] = {"status": "running", "fingerprint": fingerprint, "started": time.time(),
                          "settings": settings}
         _write_json(record_path, record)

@@ -163,25 +163,31 @@ def load_pair_rows(config: RewardConfig) -> list[dict]:
     return rows
 
 
+POLICY_PROMPT = " (policy prompt)"  # suffix of a question's id when its policy pairs have another prompt
+
+
 def merge_policy_pairs(rows: Sequence[dict], extra: Sequence[dict]) -> list[dict]:
     """The extra (policy) pairs that fit beside `rows`: a pair is left out when one of its texts already has
-    another tier in that question (a hinted rationale the sampler happened to repeat), and a question whose
-    prompt differs from the rank's gets a question id of its own (one question, one prompt)."""
+    another tier in that question (a hinted rationale the sampler happened to repeat, or a free sample the rank
+    demoted: policy pairs take the answer checker's verdict, as PPO's checker reward and the validity report
+    do), and a question whose prompt differs from the rank's gets a question id of its own (one question, one
+    prompt; the held-out split still keeps it with the rank's)."""
     tiers: dict[str, dict[str, int]] = {}
     prompts: dict[str, str] = {}
     for r in rows:
         qid = str(r["question_id"])
         prompts.setdefault(qid, r["prompt"])
-        tiers.setdefault(qid, {}).update({r["chosen"]: int(r["chosen_tier"]), r["rejected"]: int(r["rejected_tier"])})
+        tiers.setdefault(qid, {}).update({r["chosen"].strip(): int(r["chosen_tier"]),
+                                          r["rejected"].strip(): int(r["rejected_tier"])})
     kept = []
     for r in extra:
         qid = str(r["question_id"])
         if qid in prompts and prompts[qid] != r["prompt"]:
-            r = {**r, "question_id": f"{qid} (policy prompt)"}
+            r = {**r, "question_id": qid + POLICY_PROMPT}
             qid = r["question_id"]
         known = tiers.get(qid, {})
-        if known.get(r["chosen"], r["chosen_tier"]) != r["chosen_tier"] or \
-                known.get(r["rejected"], r["rejected_tier"]) != r["rejected_tier"]:
+        if known.get(r["chosen"].strip(), r["chosen_tier"]) != r["chosen_tier"] or \
+                known.get(r["rejected"].strip(), r["rejected_tier"]) != r["rejected_tier"]:
             continue
         kept.append(r)
     return kept
@@ -652,7 +658,9 @@ def run_reward(config: RewardConfig) -> dict:
     if not items:
         raise ValueError(f"every pair of the {len(groups)} questions was dropped: longer than max_length="
                          f"{config.max_length} tokens")
-    train_idx, val_idx = split_by_group([it["question_id"] for it in items], config.val_fraction, config.seed)
+    # One question stays on one side, also when its policy pairs came under a prompt of their own.
+    train_idx, val_idx = split_by_group([it["question_id"].removesuffix(POLICY_PROMPT) for it in items],
+                                        config.val_fraction, config.seed)
     train, val = [items[i] for i in train_idx], [items[i] for i in val_idx]
     cost = [sum(len(s) for s in it["seqs"]) for it in train]  # bucket questions by their total tokens
     plan_epoch, plan = plan_training_steps(train, cost, config, accelerator, "questions")

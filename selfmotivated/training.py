@@ -47,6 +47,9 @@ TRAINER_STATE = "trainer_state.json"
 RUN_RECORD = "run.json"
 # Config keys that may change between a stopped run and its resumption.
 RESUMABLE_KEYS = ("resume", "stop_after_steps", "progress", "log_steps", "save_steps", "save_total_limit")
+# Settings added after runs were made, at the value that keeps the behaviour those runs had: a run recorded
+# without the key resumes when the key has that value (the pipeline's fingerprints follow the same rule).
+ADDED_LATER = {"minibatch_by_question": False, "policy_pairs": None, "policy_pairs_per_question": 16}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -519,7 +522,7 @@ def check_resume_config(out: Path, settings: dict) -> None:
         return
     before = json.loads(path.read_text())
     changed = sorted(k for k in set(before) | set(settings)
-                     if k not in RESUMABLE_KEYS and before.get(k) != settings.get(k))
+                     if k not in RESUMABLE_KEYS and before.get(k, ADDED_LATER.get(k)) != settings.get(k))
     if changed:
         raise ValueError(f"{out} holds a run with other settings ({', '.join(changed)} differ); resume with the "
                          f"same settings, pass --no-resume to start over, or use another --out folder")

@@ -70,6 +70,10 @@ def test_stage_work_follows_the_settings():
     controls = by_stage(estimate_pipeline(demo(controls=("ppo_checker", "sft_round2")), RATES))
     assert controls["ppo_checker"]["forward_tokens"] < controls["ppo"]["forward_tokens"]  # no reward model
     assert controls["sft_round2"]["generated_tokens"] == base["ppo"]["generated_tokens"]  # PPO's rollout budget
+    # The reward model trained on expert iteration's samples too trains on more tokens.
+    on_policy = by_stage(estimate_pipeline(demo(controls=("sft_round2",),
+                                                reward={**config.reward, "policy_pairs": "sft_round2"}), RATES))
+    assert on_policy["reward"]["minutes"] > controls["reward"]["minutes"]
     slower = Throughput(**{**dataclasses.asdict(RATES), "full_tokens_per_s": 25.0})
     assert by_stage(estimate_pipeline(demo(), slower))["sft"]["minutes"] > base["sft"]["minutes"]  # full SFT
 

@@ -132,10 +132,32 @@ def test_changed_setting_reruns_that_stage_and_later(tmp_path, smoke_run):
     for key in ("sft", "ppo_checker", "sft_round2"):
         folder = run / "eval" / key / DATASET
         assert (folder / "predictions.jsonl").read_text() == (src / "eval" / key / DATASET / "predictions.jsonl").read_text()
+        kept = json.loads((folder / "metrics.json").read_text())  # with the time it took when it was made
+        assert kept["seconds"] == json.loads((src / "eval" / key / DATASET / "metrics.json").read_text())["seconds"] > 0
     # --from forces every evaluation again.
     run_pipeline(config, run, from_stage="evaluate")
     moved_again = {q.name for p in (run / "stale").iterdir() if p.name.startswith("evaluate-") for q in p.iterdir()}
     assert any(name.startswith("eval__sft__") for name in moved_again)
+
+
+def test_a_stage_made_anew_under_the_same_fingerprint_reruns_what_reads_it(tmp_path, smoke_run):
+    """--from ppo --until ppo trains SML's policy again with unchanged settings: the evaluations recorded done on
+    the old policy must rerun on the next `sml run`; the controls and the reward model, which do not read it,
+    stay done."""
+    import shutil
+
+    from selfmotivated.pipeline import plan_pipeline
+
+    src, config, _ = smoke_run
+    run = tmp_path / "copy"
+    shutil.copytree(src, run)
+    run_pipeline(config, run, from_stage="ppo", until="ppo")
+    actions = {r["stage"]: r["action"] for r in plan_pipeline(config, run)}
+    assert [actions[s] for s in ("sft", "ppo_checker", "sft_round2", "reward", "ppo", "baseline")] == ["done"] * 6
+    assert {actions[s] for s in ("evaluate", "best_of_n", "transfer")} == {"rerun (an earlier stage was redone)"}
+    run_pipeline(config, run)
+    assert {r["action"] for r in plan_pipeline(config, run)} == {"done"}
+    assert not any("invalidated" in info for info in stages(run).values())
 
 
 def test_plan_says_what_would_run_and_changes_nothing(tmp_path, smoke_run, capsys):

@@ -273,3 +273,16 @@ def test_bench_train_counts_matmul_weights_and_reports_every_mode(tiny, tiny_dir
     assert result["modes"]["sft_lora"]["lora_params"] > 0
     assert result["modes"]["reward"]["matmul_params"] < result["modes"]["sft_lora"]["matmul_params"]  # no LM head
     assert "of peak" in format_bench_train(result)
+
+
+def test_a_setting_added_later_resumes_a_run_recorded_without_it(tmp_path):
+    """A checkpointed run recorded before a setting existed resumes under a version that has it, at the value
+    that keeps the old behaviour; at any other value it is refused."""
+    import json
+
+    from selfmotivated.training import check_resume_config
+
+    (tmp_path / "config.json").write_text(json.dumps({"learning_rate": 1e-4}))
+    check_resume_config(tmp_path, {"learning_rate": 1e-4, "policy_pairs": None, "policy_pairs_per_question": 16})
+    with pytest.raises(ValueError, match="policy_pairs_per_question differ"):
+        check_resume_config(tmp_path, {"learning_rate": 1e-4, "policy_pairs": None, "policy_pairs_per_question": 4})
