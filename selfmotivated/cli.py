@@ -185,6 +185,9 @@ def _add_run(sub):
                                                        "machine (its rates measured once, ~30 s, and cached), "
                                                        "and change nothing")
     p.add_argument("--reprobe", action="store_true", help="with --plan: measure this machine's rates again")
+    p.add_argument("--reuse", metavar="RUN", help="start a new --out folder from finished run RUN: the stages "
+                                                   "this config leaves unchanged are brought over (weights "
+                                                   "hard-linked), so an ablation redoes only what it changes")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_run_pipeline)
 
@@ -200,6 +203,13 @@ def _run_pipeline(args):
     elif args.model:
         config.model = args.model
     out = args.out or str(Path("runs") / Path(args.config).stem)
+    if args.reuse:
+        if args.plan:
+            raise ValueError("--reuse changes the --out folder; run it without --plan, then plan")
+        from .pipeline import reuse_run
+
+        taken = reuse_run(config, out, args.reuse)
+        print(f"reused from {args.reuse}: {'; '.join(taken) if taken else 'nothing (every stage changed)'}")
     if args.plan:
         from .pipeline import plan_pipeline
 

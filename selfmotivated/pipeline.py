@@ -437,6 +437,75 @@ def round_config(config: PipelineConfig, run: Path, round_: int) -> PipelineConf
     return dataclasses.replace(config, model=str(policy_dir(round_dir(run, round_ - 1))), few_shot_baseline=False)
 
 
+def reuse_run(config: PipelineConfig, out: str | Path, source: str | Path) -> list[str]:
+    """Start run folder `out` from finished run `source`: every stage `source` finished with the fingerprint
+    `config` gives it is brought over with its record, so `sml run` skips it, and of evaluate and transfer the
+    evaluations of models that stay the same. An ablation that changes the reward model redoes the reward
+    model, PPO and SML's evaluations, not the rationales, SFT and the controls. Weights and optimizer states
+    are hard links where the file system allows (a finished stage never rewrites them), every other file a
+    copy, so neither run can change the other's. Round 1 only. Returns the stages brought over."""
+    src, run = Path(source).resolve(), Path(out).resolve()
+    before = _read_json(src / "stages.json")
+    if not before:
+        raise ValueError(f"--reuse {source}: no stages.json there (not a `sml run` folder)")
+    if (run / "stages.json").exists():
+        raise ValueError(f"--reuse: {out} already holds a run (stages.json); give a new --out folder")
+    if src == run:
+        raise ValueError("--reuse names the run folder itself")
+    planned = round_plan(config, run, 1, "")
+    record, taken = {}, []
+    for stage in STAGES:
+        configs, fingerprint, settings = planned[stage]
+        old = before.get(stage, {})
+        if old.get("status") != "done" or settings is None:
+            continue
+        if old.get("fingerprint") == fingerprint:
+            labels = None  # the whole stage
+        elif stage in REUSABLE_STAGES:
+            labels = reusable_labels(old, settings, model_producers(configs, planned, ""))
+            if not labels:
+                continue
+        else:
+            continue
+        for path in _stage_outputs(run, stage, [(label, cfg) for label, cfg in configs
+                                                if labels is None or label in labels]):
+            origin = src / path.relative_to(run)
+            if origin.exists():
+                _copy_tree(origin, path)
+        for label, cfg in configs:
+            if labels is not None and label in labels:
+                _relocate_evaluation(Path(cfg.out), cfg.model)
+        result = src / f"{stage}_result.json"
+        if labels is None and result.is_file():
+            shutil.copy2(result, run / result.name)
+        record[stage] = old
+        taken.append(stage if labels is None else f"{stage} ({', '.join(sorted(labels))})")
+    if taken:
+        run.mkdir(parents=True, exist_ok=True)
+        _write_json(run / "stages.json", record)
+        log.info("reused from %s: %s", src, "; ".join(taken))
+    return taken
+
+
+def _copy_tree(origin: Path, dest: Path) -> None:
+    """Copy a file or folder; weights and optimizer states (written once, never rewritten in place) become hard
+    links when the file system allows."""
+    def copy(a, b):
+        if str(a).endswith((".safetensors", ".bin")):
+            try:
+                os.link(a, b)
+                return b
+            except OSError:
+                pass
+        return shutil.copy2(a, b)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if origin.is_dir():
+        shutil.copytree(origin, dest, copy_function=copy)
+    else:
+        copy(origin, dest)
+
+
 def run_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | None = None,
                  until: str | None = None) -> dict:
     """Run (or resume) every stage of every round into `out`; returns the summary of round 1 (with the

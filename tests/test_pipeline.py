@@ -140,6 +140,41 @@ def test_changed_setting_reruns_that_stage_and_later(tmp_path, smoke_run):
     assert any(name.startswith("eval__sft__") for name in moved_again)
 
 
+def test_an_ablation_reuses_what_it_does_not_change(tmp_path, smoke_run, capsys):
+    """sml run --reuse: a new run folder starts from a finished run, every stage the new config leaves unchanged
+    brought over (weights hard-linked), so only the reward model, PPO and SML's evaluations run again."""
+    import dataclasses
+
+    from selfmotivated.pipeline import plan_pipeline, reuse_run
+
+    src, config, _ = smoke_run
+    ablation = dataclasses.replace(config, reward={**config.reward, "learning_rate": 1e-3})
+    run = tmp_path / "ablation"
+    source_record = (src / "stages.json").read_text()
+    taken = reuse_run(ablation, run, src)
+    assert taken[:6] == ["baseline", "generate", "rank", "sft", "ppo_checker", "sft_round2"]
+    assert taken[6] == f"evaluate (ppo_checker/{DATASET}, sft/{DATASET}, sft_round2/{DATASET})"
+    assert taken[7].startswith("transfer (base/") and "sml/" not in taken[7] and len(taken) == 8
+    weights = "sft/model/model.safetensors"
+    assert (run / weights).stat().st_ino == (src / weights).stat().st_ino  # shared, not copied
+    assert (run / "stages.json").stat().st_ino != (src / "stages.json").stat().st_ino
+    actions = {r["stage"]: r["action"] for r in plan_pipeline(ablation, run)}
+    assert [actions[s] for s in taken[:6]] == ["done"] * 6 and actions["reward"] == "run"
+    run_pipeline(ablation, run)
+    assert {r["action"] for r in plan_pipeline(ablation, run)} == {"done"}
+    assert not (run / "stale").exists()  # nothing was there to move aside: only what stays was brought over
+    for key in ("sft", "sml"):
+        assert (run / "eval" / key / DATASET / "metrics.json").is_file()
+    assert (src / "stages.json").read_text() == source_record  # the source is untouched
+    with pytest.raises(ValueError, match="already holds a run"):
+        reuse_run(ablation, run, src)
+    with pytest.raises(ValueError, match="no stages.json"):
+        reuse_run(ablation, tmp_path / "other", tmp_path / "nowhere")
+    assert main(["run", str(DEMO), "--model", "tiny-random", "--out", str(tmp_path / "cli"), "--reuse", str(src),
+                 "--until", "rank"]) in (0, None)
+    assert "reused from" in capsys.readouterr().out
+
+
 def test_a_stage_made_anew_under_the_same_fingerprint_reruns_what_reads_it(tmp_path, smoke_run):
     """--from ppo --until ppo trains SML's policy again with unchanged settings: the evaluations recorded done on
     the old policy must rerun on the next `sml run`; the controls and the reward model, which do not read it,
