@@ -183,7 +183,11 @@ def test_bench_ppo_times_the_plain_path_side_by_side():
     from selfmotivated.ppo.bench import BenchPPOConfig, format_bench_ppo, run_bench_ppo
 
     r = run_bench_ppo(BenchPPOConfig(model="tiny-random", iterations=1, warmup=1, prompts_per_iteration=2,
-                                     max_new_tokens=8, mini_batch_size=4, micro_batch_size=2, memory=False))
+                                     max_new_tokens=8, mini_batch_size=4, micro_batch_size=2, memory=False,
+                                     minibatch_by_question=True, temperature=0.8))
+    # the settings reach both trainers alike; the paths differ in the speed options only
+    assert r["same_settings"] and r["ppo_settings"]["minibatch_by_question"] is True
+    assert r["ppo_settings"]["temperature"] == 0.8
     assert r["rollouts_per_second"] > 0 and r["baseline_rollouts_per_second"] > 0
     assert r["speedup"] == pytest.approx(r["rollouts_per_second"] / r["baseline_rollouts_per_second"], rel=0.01)
     # same weights and seeds: the first iterations sample the same tokens (packed matmuls may round a near-tie

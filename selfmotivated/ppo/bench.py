@@ -54,6 +54,9 @@ class BenchPPOConfig:
         default=4, metadata={"help": "samples per forward/backward (also the SFT step's)"}
     )
     ppo_epochs: int = field(default=1, metadata={"help": "PPO epochs per iteration"})
+    minibatch_by_question: bool = field(default=False, metadata={
+        "help": "minibatches of whole questions (as the ladder runs set; both paths alike)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the rollouts"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of every adapter"})
     dtype: str = field(
         default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16"}
@@ -85,6 +88,8 @@ class BenchPPOConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (rollouts are sampled), got {self.temperature}")
 
 
 def run_bench_ppo(config: BenchPPOConfig) -> dict:
@@ -148,6 +153,11 @@ def _speed_summary(compared: dict, samples: int) -> dict:
     out["speedup"] = round(out["rollouts_per_second"] / out["baseline_rollouts_per_second"], 3)
     out["speedup_cpu"] = round(out["rollouts_per_cpu_second"] / out["baseline_rollouts_per_cpu_second"], 3)
     out["first_rollouts_identical"] = compared["first_rollouts_identical"]
+    settings = compared["trainer_settings"]
+    out["same_settings"] = settings["optimised"] == settings["baseline"]
+    out["ppo_settings"] = {k: settings["optimised"][k] for k in (
+        "prompts_per_iteration", "samples_per_prompt", "max_new_tokens", "temperature", "ppo_epochs",
+        "mini_batch_size", "micro_batch_size", "minibatch_by_question", "generation_batch_size")}
     # How far the reused sampler log-probs are from a forward pass's (mean |difference| per token, both paths).
     out["sampler_logprob_diff"] = compared["sampler_logprob_diff"]
     out["baseline"] = "old log-probs by a forward pass, every row encoded whole, torch's own linear layers " \
@@ -317,7 +327,10 @@ def _compare_worker(config: dict) -> dict:
                "device": device, "dtype": dtype}
         for name, t in trainers.items()
     } | {"first_rollouts_identical": same,
-         "sampler_logprob_diff": {k: max(v) if v else None for k, v in diffs.items()}}
+         "sampler_logprob_diff": {k: max(v) if v else None for k, v in diffs.items()},
+         # what each trainer ran with beyond the speed options, as a check that the paths differ in those only
+         "trainer_settings": {name: {k: v for k, v in asdict(t.config).items() if k not in PLAIN}
+                              for name, t in trainers.items()}}
 
 
 def _trainer(config: dict, model, tokenizer, overrides: dict | None = None):
@@ -360,6 +373,8 @@ def _trainer(config: dict, model, tokenizer, overrides: dict | None = None):
         mini_batch_size=config["mini_batch_size"],
         micro_batch_size=config["micro_batch_size"],
         ppo_epochs=config["ppo_epochs"],
+        minibatch_by_question=config["minibatch_by_question"],
+        temperature=config["temperature"],
         lora_r=config["lora_r"],
         backend=config["backend"],
         generation_batch_size=config["prompts_per_iteration"] * config["samples_per_prompt"],
