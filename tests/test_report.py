@@ -445,3 +445,23 @@ def test_sml_report_takes_every_report_setting_as_a_flag(tmp_path, capsys):
 
     assert main(["report", str(run), "--entropy-drop", "2"]) == 2
     assert "entropy_drop must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_answers_plot_splits_accuracy_by_gold_answer(tmp_path):
+    """A yes/no task: a model that always says yes is right on every yes question and on no no question."""
+    from selfmotivated.report.plots import accuracy_by_gold, answers_plot
+    from selfmotivated.report.runs import load_run
+
+    run = make_run(tmp_path)
+    for key, answer in (("base", None), ("sft", "yes")):
+        _write_jsonl(run / "eval" / key / "coin_flip" / "predictions.jsonl", [
+            {"id": f"coin_flip-{i}", "prediction": answer or ("yes" if i % 3 else "no"), "gold": "yes" if i % 2 else "no",
+             "correct": (answer or ("yes" if i % 3 else "no")) == ("yes" if i % 2 else "no"), "new_tokens": 9,
+             "finish_reason": "stop"} for i in range(30)])
+    loaded = load_run(run)
+    assert accuracy_by_gold(loaded.answers["sft"]["coin_flip"]) == {"yes": (15, 15), "no": (0, 15)}
+    assert accuracy_by_gold([("yes", "no"), (None, "no"), ("no", "no")]) == {"no": (1, 3)}
+    assert answers_plot(loaded, tmp_path / "answers.png") == tmp_path / "answers.png"
+    check_png(tmp_path / "answers.png")
+    single = make_run(tmp_path / "one_label")  # every gold answer the same: nothing to split
+    assert answers_plot(load_run(single), tmp_path / "none.png") is None

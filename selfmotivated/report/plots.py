@@ -364,6 +364,50 @@ def length_plot(run: Run, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def accuracy_by_gold(pairs: list) -> dict[str, tuple[int, int]]:
+    """gold answer -> (questions answered with it, questions) from (prediction, gold) pairs."""
+    out: dict[str, list[int]] = {}
+    for prediction, gold in pairs:
+        if gold is not None:
+            cell = out.setdefault(str(gold), [0, 0])
+            cell[0] += str(prediction) == str(gold)
+            cell[1] += 1
+    return {g: (right, n) for g, (right, n) in out.items()}
+
+
+def answers_plot(run: Run, path: Path, max_labels: int = 5) -> Path | None:
+    """For each test set with few gold answers (yes/no, choice letters): per model, the accuracy on the
+    questions of each gold answer. A model that reasons is right on all of them; one that answers by habit is
+    right on the habit's questions only, whatever its overall accuracy."""
+    import numpy as np
+
+    panels = []
+    for d in run.datasets:
+        keys = [k for k in MODELS if run.answers.get(k, {}).get(d)]
+        golds = sorted({str(g) for k in keys for _, g in run.answers[k][d] if g is not None})
+        if keys and 2 <= len(golds) <= max_labels:
+            panels.append((d, keys, golds))
+    if not panels:
+        return None
+    fig, axes = _figure(max(5.0, 1.2 * max(len(k) for _, k, _ in panels) + 2.5) * len(panels), 4.2, 1, len(panels))
+    for ax, (d, keys, golds) in zip(axes[0], panels):
+        x = np.arange(len(keys))
+        width = 0.8 / len(golds)
+        split = {k: accuracy_by_gold(run.answers[k][d]) for k in keys}
+        for i, gold in enumerate(golds):
+            values = [100 * split[k][gold][0] / split[k][gold][1] if split[k].get(gold) else 0.0 for k in keys]
+            n = max(split[k].get(gold, (0, 0))[1] for k in keys)
+            ax.bar(x + (i - (len(golds) - 1) / 2) * width, values, width, label=f"gold {gold} (n={n})")
+        ax.set_xticks(x, [MODELS.get(k, k).split(" (")[0] for k in keys], rotation=20, ha="right", fontsize=7)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("% right on questions with this gold answer")
+        ax.set_title(f"{d}: accuracy by gold answer", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("Reasoning or habit? Accuracy split by the gold answer")
+    return _save(fig, path)
+
+
 def compare_plot(runs: list[Run], datasets: list[str], path: Path) -> Path | None:
     """One panel per dataset: models on the x axis, one bar per run, 95% CI error bars."""
     datasets = [d for d in datasets if any(_bar_values(r.accuracy.get(k, {}).get(d)) for r in runs

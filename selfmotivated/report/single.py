@@ -15,7 +15,9 @@ from .blocks import (
 )
 from .config import ReportConfig
 from .paired import paired_blocks
-from .plots import COLORS, accuracy_plot, length_plot, ppo_plot, ppo_signals_plot, reward_score_plot
+from .plots import (
+    COLORS, accuracy_plot, answers_plot, length_plot, ppo_plot, ppo_signals_plot, reward_score_plot,
+)
 from .ppo_signals import ppo_logs, signal_tables
 from .runs import (
     BEST_OF_N, CONTROLS, MODELS, STAGE_NAMES, Run, _get, _num, _pick_before_after, _why_absent,
@@ -359,6 +361,8 @@ def _plots_section(run: Run, published, config, plot_dir) -> list:
          "Reward-model scores: held-out rationales by tier, and best-of-N test samples by correctness"),
         (length_plot(run, plot_dir / "response_length.png"),
          "Response length before and after PPO (test outputs), and during PPO (rollouts)"),
+        (answers_plot(run, plot_dir / "answers_by_gold.png"),
+         "Accuracy by gold answer on tasks with few answers: a model answering by habit is right on one side only"),
     ]
     blocks = [Image(path, caption) for path, caption in made if path is not None]
     if len(blocks) < len(made):
