@@ -188,6 +188,8 @@ def test_bench_ppo_times_the_plain_path_side_by_side():
     # the settings reach both trainers alike; the paths differ in the speed options only
     assert r["same_settings"] and r["ppo_settings"]["minibatch_by_question"] is True
     assert r["ppo_settings"]["temperature"] == 0.8
+    # the reused sampler log-probs are the forward's at that temperature, on both paths
+    assert max(r["sampler_logprob_diff"].values()) < 1e-3
     assert r["rollouts_per_second"] > 0 and r["baseline_rollouts_per_second"] > 0
     assert r["speedup"] == pytest.approx(r["rollouts_per_second"] / r["baseline_rollouts_per_second"], rel=0.01)
     # same weights and seeds: the first iterations sample the same tokens (packed matmuls may round a near-tie

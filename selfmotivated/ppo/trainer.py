@@ -192,6 +192,8 @@ class PPOTrainer:
         self.out = Path(out) if out is not None else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         ac.share_prompts = config.share_prompts  # every forward pass of the roles (and a shared reward model)
+        # Log-probs, KL and entropy of the distribution the rollouts are drawn from (the sampler's temperature).
+        ac.temperature = config.temperature
         self._check_sampler_logprobs = False  # set per iteration: old log-probs came from the sampler
         self.generator = make_generator(
             ac.policy, tokenizer, backend=config.backend, max_seqs=config.generation_batch_size,
@@ -911,7 +913,6 @@ def build_trainer(
         )
     lora = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
     ac = build_actor_critic(model, config.method, lora, critic_from=critic_from)
-    ac.temperature = config.temperature
     _broadcast_trainable(ac, accelerator)  # every process starts from rank 0's fresh adapters
     if reward_fn is None and uses_rm:
         if shared and config.method == "lora":
