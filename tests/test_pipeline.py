@@ -470,3 +470,30 @@ def test_reward_on_policy_pairs_reads_expert_iterations_samples_and_chains_to_th
         assert (longer["reward"][1] != round_plan(cfg, tmp_path, 1, "")["reward"][1]) is chained
     with pytest.raises(ValueError, match="sft_round2 control"):
         round_plan(dataclasses.replace(on_policy, controls=()), tmp_path, 1, "")
+
+
+def test_a_reward_model_on_policy_pairs_runs_through_the_pipeline(tmp_path, smoke_run):
+    """reward.policy_pairs: sft_round2 in a whole run: the reward model reads expert iteration's samples beside
+    the rank's pairs (a tiny random model is never right, so the samples are marked as if every third were)."""
+    import dataclasses
+
+    from selfmotivated.pipeline import reuse_run
+    from selfmotivated.rationales import load_pairs
+
+    src, config, _ = smoke_run
+    run = tmp_path / "policy_pairs"
+    ablation = dataclasses.replace(config, reward={**config.reward, "policy_pairs": "sft_round2"})
+    reuse_run(ablation, run, src)
+    folder = run / "sft_round2"
+    samples = [json.loads(x) for x in (folder / "samples.jsonl").read_text().splitlines()]
+    for i, row in enumerate(samples):
+        row["correct"] = i % 3 == 0
+    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
+    prompts = {r["question_id"]: r["prompt"] for r in load_pairs(run / "ranked")}
+    (folder / "kept.jsonl").write_text("".join(  # expert iteration keeps the prompt of each right sample
+        json.dumps({"question_id": r["id"], "prompt": prompts[r["id"]], "response": r["text"]}) + "\n"
+        for r in samples if r["correct"] and r["id"] in prompts))
+    run_pipeline(ablation, run, until="reward")
+    record = json.loads((run / "reward" / "run.json").read_text())
+    rank_pairs = json.loads((src / "reward" / "run.json").read_text())["data"]["pair_rows"]
+    assert record["status"] == "finished" and record["data"]["pair_rows"] > rank_pairs
