@@ -564,7 +564,7 @@ def plan_with_estimate(config, rows: list[dict], until: str | None = None, refre
             if key in guess:
                 row["estimated_" + key if key == "minutes" else key] = guess[key]
         if guess.get("minutes") is not None and row["action"] not in ("done", "skipped"):
-            todo += guess["minutes"]
+            todo += guess["minutes"] * (1 - row.get("kept_fraction", 0.0))  # kept evaluations cost nothing
     t = estimate["throughput"]
     decode = ", ".join(f"{w} rows {v}" for w, v in t["decode_tokens_per_s"].items())
     note = (f"estimate: {todo:.1f} min for what would run, {estimate['total_minutes']:.1f} min for every stage "

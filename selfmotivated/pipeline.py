@@ -693,9 +693,15 @@ def plan_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | Non
             configs, fingerprint, settings = planned[stage]
             forced = forced or stage == from_stage
             before = record.get(stage, {})
-            rows.append({"round": round_, "stage": stage, "fingerprint": fingerprint,
-                         "action": stage_action(before, fingerprint, forced, settings),
-                         "seconds_before": before.get("seconds")})
+            action = stage_action(before, fingerprint, forced, settings)
+            row = {"round": round_, "stage": stage, "fingerprint": fingerprint, "action": action,
+                   "seconds_before": before.get("seconds")}
+            if stage in REUSABLE_STAGES and action.startswith("rerun") and not forced:
+                keep = reusable_labels(before, settings, model_producers(configs, planned, upstream))
+                if keep:
+                    row["action"] = f"{action[:-1]}; keeps {len(keep)} of {len(configs)} evaluations)"
+                    row["kept_fraction"] = len(keep) / len(configs)
+            rows.append(row)
         upstream = round_chain(planned)
     return rows
 

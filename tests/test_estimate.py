@@ -110,6 +110,15 @@ def test_plan_rows_get_estimates_and_a_failed_probe_leaves_the_plan_alone(tmp_pa
                                               probe=lambda *a, **k: RATES)
     assert all(r["estimated_minutes"] is not None for r in rows if r["action"] != "skipped")
     assert "min for what would run" in note and f"{estimate['total_minutes']:.1f} min for every stage" in note
+    # Evaluations a rerun keeps (models that did not change) are not counted in what would run.
+    todo = float(note.split(" min for what would run")[0].split()[-1])
+    kept = plan_pipeline(config, tmp_path / "run")
+    for row in kept:
+        if row["stage"] == "evaluate":
+            row["kept_fraction"] = 0.5
+    _, _, less = plan_with_estimate(config, kept, probe=lambda *a, **k: RATES)
+    evaluate = next(r["estimated_minutes"] for r in rows if r["stage"] == "evaluate")
+    assert float(less.split(" min for what would run")[0].split()[-1]) == pytest.approx(todo - evaluate / 2, abs=0.11)
 
     def broken(*a, **k):
         raise RuntimeError("no model here")

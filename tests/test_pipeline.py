@@ -207,8 +207,10 @@ def test_plan_says_what_would_run_and_changes_nothing(tmp_path, smoke_run, capsy
     changed = plan_pipeline(dataclasses.replace(config, reward={**config.reward, "learning_rate": 1e-3}), run)
     # The plan names what changed: stages.json keeps each stage's settings beside its fingerprint.
     # The controls (after sft) read no reward model: done; the reward model and what follows it rerun.
+    # Of evaluate and transfer, the evaluations of the models that do not change are kept (and not estimated).
     assert actions(changed) == ["done"] * 6 + ["rerun (learning_rate changed)"] + \
-        ["rerun (an earlier stage changed)"] * 4
+        ["rerun (an earlier stage changed)"] + ["rerun (an earlier stage changed; keeps 3 of 4 evaluations)"] + \
+        ["rerun (an earlier stage changed)"] + ["rerun (an earlier stage changed; keeps 4 of 5 evaluations)"]
     more = plan_pipeline(dataclasses.replace(config, test_limit=6, eval={**config.eval, "max_new_tokens": 3}), run)
     assert more[0]["action"] == "rerun (data.limit, max_new_tokens changed)"
     assert actions(plan_pipeline(config, run, from_stage="ppo", until="evaluate")) == \
