@@ -99,6 +99,9 @@ def _add_compare(sub):
                                        "evaluated on the same questions")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="a run folder (every pair of its model rows), or two "
                                                           "evaluation folders (predictions.jsonl) or two run folders")
+    p.add_argument("--reward-models", action="store_true", help="compare the two runs' reward models instead: "
+                   "their within-question AUROC on the same validity samples (reward/validity_samples.jsonl "
+                   "drawn by one policy with one seed), b minus a, with a 95%% bootstrap interval")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run_compare)
 
@@ -108,12 +111,42 @@ def _run_compare(args):
 
     if len(args.dirs) > 2:
         raise ValueError("compare takes one run folder or two folders")
+    if args.reward_models:
+        return _compare_reward_models(args)
     result = compare_all(args.dirs[0]) if len(args.dirs) == 1 else compare_eval_dirs(*args.dirs)
     if not result:
         raise ValueError(f"{args.dirs[0]}: no two model rows with per-question results on the same dataset")
     flat = all("diff" in v for v in result.values())
     _print(result, args.json, lambda r: format_comparisons(r) if flat else "\n".join(
         f"{dataset}:\n{format_comparisons(pairs)}" for dataset, pairs in r.items()))
+
+
+def _compare_reward_models(args):
+    from pathlib import Path
+
+    from .validity import SAMPLES_FILE, compare_within_question
+
+    if len(args.dirs) != 2:
+        raise ValueError("--reward-models compares two run folders")
+    rows = []
+    for d in args.dirs:
+        path = Path(d) / "reward" / SAMPLES_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the reward stage's validity report writes it")
+        rows.append([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
+    result = compare_within_question(*rows)
+
+    def text(r):
+        if r["diff"] is None:
+            return (f"no question with the same samples and both right and wrong ones "
+                    f"({r['n_questions_with_other_samples']} sampled differently)")
+        ci = f", 95% CI {r['ci95'][0]:+.3f} to {r['ci95'][1]:+.3f}" if r["ci95"] else ""
+        return (f"within-question AUROC on {r['n_questions']} questions with the same samples: "
+                f"{r['a']:.3f} ({args.dirs[0]}) -> {r['b']:.3f} ({args.dirs[1]}), difference {r['diff']:+.3f}{ci}"
+                + (f"; {r['n_questions_with_other_samples']} questions sampled differently, left out"
+                   if r["n_questions_with_other_samples"] else ""))
+
+    _print(result, args.json, text)
 
 
 def _add_generate(sub):

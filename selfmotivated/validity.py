@@ -60,6 +60,46 @@ def within_question_interval(rows: Sequence[dict], n_resamples: int = 2000, seed
     return [means[int(0.025 * n_resamples)], means[int(0.975 * n_resamples) - 1]]
 
 
+def compare_within_question(rows_a: Sequence[dict], rows_b: Sequence[dict], n_resamples: int = 2000,
+                            seed: int = 0) -> dict:
+    """Two reward models on the same validity samples (two runs' validity_samples.jsonl from one policy, seed
+    and questions): the difference of their within-question AUROCs (b minus a) on the questions where both
+    saw the same samples with both right and wrong ones, with a 95% bootstrap interval over those questions.
+    A question whose samples differ between the files (another policy, another seed) is left out and counted."""
+    import random
+
+    def by_question(rows):
+        out: dict[str, list[dict]] = {}
+        for r in rows:
+            out.setdefault(r["id"], []).append(r)
+        return out
+
+    qa, qb = by_question(rows_a), by_question(rows_b)
+    diffs, differing = [], 0
+    for q in qa.keys() & qb.keys():
+        a, b = sorted(qa[q], key=lambda r: r["sample"]), sorted(qb[q], key=lambda r: r["sample"])
+        if [(r["text"], r["correct"]) for r in a] != [(r["text"], r["correct"]) for r in b]:
+            differing += 1
+            continue
+        auc_a = auroc([r["score"] for r in a], [r["correct"] for r in a])
+        auc_b = auroc([r["score"] for r in b], [r["correct"] for r in b])
+        if auc_a is not None and auc_b is not None:
+            diffs.append((auc_a, auc_b))
+    result = {"n_questions": len(diffs), "n_questions_with_other_samples": differing,
+              "a": None, "b": None, "diff": None, "ci95": None}
+    if not diffs:
+        return result
+    result["a"] = statistics.fmean(x for x, _ in diffs)
+    result["b"] = statistics.fmean(y for _, y in diffs)
+    result["diff"] = result["b"] - result["a"]
+    if len(diffs) >= 2:
+        rng = random.Random(seed)
+        means = sorted(statistics.fmean(y - x for x, y in rng.choices(diffs, k=len(diffs)))
+                       for _ in range(n_resamples))
+        result["ci95"] = [means[int(0.025 * n_resamples)], means[int(0.975 * n_resamples) - 1]]
+    return result
+
+
 def validity_figures(rows: Sequence[dict]) -> dict:
     """The report's figures from sample rows {id, score, correct, finished}."""
     scores = [r["score"] for r in rows]

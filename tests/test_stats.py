@@ -192,3 +192,22 @@ def test_a_dataset_given_as_a_file_path_is_evaluated_inside_the_run(tmp_path):
     assert compare_all(run).keys() == {str(data)}
     report_run = load_run(run)
     assert report_run.datasets == [str(data)] and str(data) in report_run.accuracy["sft"]
+
+
+def test_sml_compare_reward_models_on_the_same_validity_samples(tmp_path, capsys):
+    import json
+
+    from selfmotivated.cli import main
+
+    for name, good in (("a", lambda i: i % 2 == 0), ("b", lambda i: True)):
+        folder = tmp_path / name / "reward"
+        folder.mkdir(parents=True)
+        rows = [{"id": f"q{i}", "sample": s, "text": t, "correct": ok, "score": float(ok == good(i))}
+                for i in range(10) for s, (t, ok) in enumerate((("right", True), ("wrong", False)))]
+        (folder / "validity_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--reward-models"]) == 0
+    out = capsys.readouterr().out
+    assert "within-question AUROC on 10 questions with the same samples: 0.500" in out and "-> 1.000" in out
+    assert "difference +0.500" in out
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path), "--reward-models"]) != 0
+    assert "validity_samples.jsonl not found" in capsys.readouterr().err

@@ -69,3 +69,23 @@ def test_within_question_interval_resamples_questions():
     assert low < 0.5 < high and 0.25 < low and high < 0.75  # sd of a mean of 40 coin flips: 0.079
     assert within_question_interval(question("one", True)) is None  # one question: no interval
     assert validity_figures(mixed)["within_question_auroc_ci95"] == [low, high]
+
+
+def test_two_reward_models_compared_on_the_same_samples():
+    from selfmotivated.validity import compare_within_question
+
+    def rows(order_right_first):  # 30 questions, one right and one wrong sample each, scored by a model
+        out = []
+        for i in range(30):
+            good = order_right_first(i)
+            out += [{"id": f"q{i}", "sample": 0, "text": "right", "correct": True, "score": 1.0 if good else 0.0},
+                    {"id": f"q{i}", "sample": 1, "text": "wrong", "correct": False, "score": 0.0 if good else 1.0}]
+        return out
+
+    chance = rows(lambda i: i % 2 == 0)  # orders half the questions right: 0.5
+    better = rows(lambda i: i % 10 != 0)  # 27 of 30: 0.9
+    result = compare_within_question(chance, better)
+    assert result["n_questions"] == 30 and result["a"] == 0.5 and result["b"] == 0.9
+    assert result["diff"] == pytest.approx(0.4) and 0.1 < result["ci95"][0] < 0.4 < result["ci95"][1]
+    other = [dict(r, text=r["text"] + "!") if r["id"] == "q3" else r for r in better]  # q3 sampled differently
+    assert compare_within_question(chance, other)["n_questions_with_other_samples"] == 1
