@@ -33,12 +33,16 @@ VALIDITY_FILE = "validity.json"
 SAMPLES_FILE = "validity_samples.jsonl"
 
 
+def _by_question(rows: Sequence[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["id"], []).append(r)
+    return out
+
+
 def within_question_auroc(rows: Sequence[dict]) -> tuple[float | None, int]:
     """(mean AUROC over questions that have both right and wrong samples, how many such questions)."""
-    by_question: dict[str, list[dict]] = {}
-    for r in rows:
-        by_question.setdefault(r["id"], []).append(r)
-    values = [auroc([r["score"] for r in rs], [r["correct"] for r in rs]) for rs in by_question.values()]
+    values = [auroc([r["score"] for r in rs], [r["correct"] for r in rs]) for rs in _by_question(rows).values()]
     values = [v for v in values if v is not None]
     return (statistics.fmean(values) if values else None), len(values)
 
@@ -48,10 +52,7 @@ def within_question_interval(rows: Sequence[dict], n_resamples: int = 2000, seed
     wrong samples (they are the units: a question's samples share its difficulty). None below 2 questions."""
     import random
 
-    by_question: dict[str, list[dict]] = {}
-    for r in rows:
-        by_question.setdefault(r["id"], []).append(r)
-    values = [auroc([r["score"] for r in rs], [r["correct"] for r in rs]) for rs in by_question.values()]
+    values = [auroc([r["score"] for r in rs], [r["correct"] for r in rs]) for rs in _by_question(rows).values()]
     values = [v for v in values if v is not None]
     if len(values) < 2:
         return None
@@ -68,13 +69,7 @@ def compare_within_question(rows_a: Sequence[dict], rows_b: Sequence[dict], n_re
     A question whose samples differ between the files (another policy, another seed) is left out and counted."""
     import random
 
-    def by_question(rows):
-        out: dict[str, list[dict]] = {}
-        for r in rows:
-            out.setdefault(r["id"], []).append(r)
-        return out
-
-    qa, qb = by_question(rows_a), by_question(rows_b)
+    qa, qb = _by_question(rows_a), _by_question(rows_b)
     diffs, differing = [], 0
     for q in qa.keys() & qb.keys():
         a, b = sorted(qa[q], key=lambda r: r["sample"]), sorted(qb[q], key=lambda r: r["sample"])
