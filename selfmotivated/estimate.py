@@ -39,6 +39,13 @@ PROBE_WIDTHS = (16, 64)
 
 
 # ----------------------------------------------------------------------------------------------------
+def _device_type() -> str:
+    """Where the stages run on this machine by default: "cuda" or "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 # This machine's rates
 
 
@@ -396,7 +403,10 @@ def stage_work(stage: str, configs: list, p: _Prompts, pipeline) -> Work:
         rows = cfg.prompts_per_iteration * cfg.samples_per_prompt
         prompt = p.full_length(cfg.data, cfg.prompt, exemplars=cfg.exemplars, num_exemplars=cfg.num_exemplars,
                                chat=cfg.chat)
-        per_pass = (cfg.prompts_per_iteration * prompt if cfg.share_prompts else rows * prompt) \
+        from .ppo.config import shares_prompts
+
+        shared = shares_prompts(cfg, _device_type())
+        per_pass = (cfg.prompts_per_iteration * prompt if shared else rows * prompt) \
             + rows * cfg.max_new_tokens
         passes = 1 + (cfg.reward in ("rm", "rm+checker")) + (not cfg.reuse_sampler_logprobs) \
             + (cfg.advantage == "gae")

@@ -46,7 +46,10 @@ CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 RUN_RECORD = "run.json"
 # Config keys that may change between a stopped run and its resumption.
-RESUMABLE_KEYS = ("resume", "stop_after_steps", "progress", "log_steps", "save_steps", "save_total_limit")
+# Speed settings (PPO's reuse_sampler_logprobs, share_prompts, pack_weights) compute the same maths up to
+# float rounding, so a run resumes under other values of them too.
+RESUMABLE_KEYS = ("resume", "stop_after_steps", "progress", "log_steps", "save_steps", "save_total_limit",
+                  "reuse_sampler_logprobs", "share_prompts", "pack_weights")
 # Settings added after runs were made, at the value that keeps the behaviour those runs had: a run recorded
 # without the key resumes when the key has that value (the pipeline's fingerprints follow the same rule).
 ADDED_LATER = {"minibatch_by_question": False, "policy_pairs": None, "policy_pairs_per_question": 16}

@@ -197,3 +197,28 @@ def test_bench_ppo_times_the_plain_path_side_by_side():
     assert r["first_rollouts_identical"] >= 0.5
     assert set(r["phase_seconds"]) == set(r["baseline_phase_seconds"]) and r["baseline"]
     assert "ppo_peak_mb" not in r and "against the plain path" in format_bench_ppo(r)
+    # on this CPU in float32 every speed option is on by default
+    assert r["speed_options"] == {"reuse_sampler_logprobs": True, "share_prompts": True, "pack_weights": True}
+
+
+def test_prompt_sharing_defaults_to_the_cpu_only():
+    from selfmotivated.ppo.config import PPOConfig, shares_prompts
+
+    assert shares_prompts(PPOConfig(), "cpu") and not shares_prompts(PPOConfig(), "cuda")
+    assert shares_prompts(PPOConfig(share_prompts=True), "cuda")
+    assert not shares_prompts(PPOConfig(share_prompts=False), "cpu")
+    trainer = toy_trainer(toy_config(iterations=1))
+    assert trainer.share_prompts and trainer.ac.share_prompts
+
+
+def test_a_run_resumes_under_other_speed_options(tmp_path):
+    from dataclasses import asdict
+
+    from selfmotivated.ppo.config import PPOConfig
+    from selfmotivated.training import check_resume_config, write_json
+
+    write_json(tmp_path / "config.json", asdict(PPOConfig(share_prompts=True)))
+    check_resume_config(tmp_path, asdict(PPOConfig(share_prompts=None, pack_weights=False,
+                                                   reuse_sampler_logprobs=False)))
+    with pytest.raises(ValueError, match="top_p"):
+        check_resume_config(tmp_path, asdict(PPOConfig(top_p=0.9)))

@@ -57,6 +57,8 @@ class BenchPPOConfig:
     minibatch_by_question: bool = field(default=False, metadata={
         "help": "minibatches of whole questions (as the ladder runs set; both paths alike)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the rollouts"})
+    share_prompts: bool | None = field(default=None, metadata={
+        "help": "the optimised path's prompt sharing (default: PPO's, on a CPU only)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of every adapter"})
     dtype: str = field(
         default="auto", metadata={"help": "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16"}
@@ -160,6 +162,7 @@ def _speed_summary(compared: dict, samples: int) -> dict:
         "mini_batch_size", "micro_batch_size", "minibatch_by_question", "generation_batch_size")}
     # How far the reused sampler log-probs are from a forward pass's (mean |difference| per token, both paths).
     out["sampler_logprob_diff"] = compared["sampler_logprob_diff"]
+    out["speed_options"] = compared["speed_options"]["optimised"]
     out["baseline"] = "old log-probs by a forward pass, every row encoded whole, torch's own linear layers " \
                       "(reuse_sampler_logprobs, share_prompts and pack_weights off)"
     return out
@@ -269,7 +272,7 @@ def _setup(config: dict):
 
 def _ppo_worker(config: dict, batch_file: str) -> dict:
     model, tokenizer, device, meter, weights_mb = _setup(config)
-    trainer = _trainer(config, model, tokenizer)
+    trainer = _trainer(config, model, tokenizer, {"share_prompts": config["share_prompts"]})
     trainer.train()
     peak = meter.peak_mb()
     exp = trainer.last
@@ -302,7 +305,7 @@ def _compare_worker(config: dict) -> dict:
     model, tokenizer, device, _, _ = _setup(config)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     plain_model = copy.deepcopy(model)
-    trainers = {"optimised": _trainer(config, model, tokenizer),
+    trainers = {"optimised": _trainer(config, model, tokenizer, {"share_prompts": config["share_prompts"]}),
                 "baseline": _trainer(config, plain_model, tokenizer, PLAIN)}
     first = {}
     for step in range(config["warmup"] + config["iterations"]):
@@ -328,6 +331,12 @@ def _compare_worker(config: dict) -> dict:
         for name, t in trainers.items()
     } | {"first_rollouts_identical": same,
          "sampler_logprob_diff": {k: max(v) if v else None for k, v in diffs.items()},
+         # the speed options each path ran with, as resolved for this device
+         "speed_options": {name: {"reuse_sampler_logprobs": t.config.reuse_sampler_logprobs,
+                                  "share_prompts": t.share_prompts,
+                                  "pack_weights": t.config.pack_weights and device.startswith("cpu")
+                                                  and dtype == "float32"}
+                           for name, t in trainers.items()},
          # what each trainer ran with beyond the speed options, as a check that the paths differ in those only
          "trainer_settings": {name: {k: v for k, v in asdict(t.config).items() if k not in PLAIN}
                               for name, t in trainers.items()}}

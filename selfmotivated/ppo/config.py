@@ -133,9 +133,11 @@ class PPOConfig:
     reuse_sampler_logprobs: bool = field(default=True, metadata={
         "help": "take the old log-probs and entropies from the sampler (the same policy and temperature; they "
                 "match a forward pass to float rounding, tested) instead of a forward pass"})
-    share_prompts: bool = field(default=True, metadata={
+    share_prompts: bool | None = field(default=None, metadata={
         "help": "encode a question's prompt once for all its samples in every forward pass (reference, reward "
-                "model, update), micro-batches holding a question's samples together"})
+                "model, update), micro-batches holding a question's samples together (default: on a CPU only; "
+                "on a GPU a small model's pass costs its kernel launches, not its FLOPs, and two passes cost "
+                "more than one: 0.85x measured on an H200)"})
     pack_weights: bool = field(default=True, metadata={
         "help": "on CPU in float32, the rollouts, the no-grad passes (reward scoring, reference) and the "
                 "update's frozen layers read oneDNN-packed copies of the weights, made once per phase (~1.25x "
@@ -218,3 +220,11 @@ class PPOConfig:
             self.critic_learning_rate = DEFAULT_CRITIC_LR[self.method]
         if self.learning_rate < 0 or self.critic_learning_rate < 0:
             raise ValueError("learning rates must be >= 0")
+
+
+def shares_prompts(config: PPOConfig, device_type: str) -> bool:
+    """`config.share_prompts`, with its default (None) resolved for the device type ("cpu", "cuda") the policy
+    runs on."""
+    if config.share_prompts is not None:
+        return config.share_prompts
+    return device_type == "cpu"

@@ -53,7 +53,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..data import DataConfig
-from .config import HELDOUT, PPOConfig
+from .config import HELDOUT, PPOConfig, shares_prompts
 from .actor_critic import ActorCritic, build_actor_critic, lora_config, merge_if_adapter
 from .core import AdaptiveKLController, FixedKLController, masked_mean, masked_sum, policy_loss, value_loss
 from .experience import Experience, generate_rollouts, make_experience
@@ -191,7 +191,8 @@ class PPOTrainer:
             )
         self.out = Path(out) if out is not None else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        ac.share_prompts = config.share_prompts  # every forward pass of the roles (and a shared reward model)
+        self.share_prompts = shares_prompts(config, next(ac.policy.parameters()).device.type)
+        ac.share_prompts = self.share_prompts  # every forward pass of the roles (and a shared reward model)
         # Log-probs, KL and entropy of the distribution the rollouts are drawn from (the sampler's temperature).
         ac.temperature = config.temperature
         self._check_sampler_logprobs = False  # set per iteration: old log-probs came from the sampler
@@ -423,14 +424,14 @@ class PPOTrainer:
         train_actor = not (config.advantage == "gae" and self.state.step < config.critic_warmup_iterations)
         train_critic = config.advantage == "gae"
         epochs_done, minibatches, early_stop = 0, 0, False
-        prompt_of = self._prompt_ids(exp) if config.share_prompts or config.minibatch_by_question else None
+        prompt_of = self._prompt_ids(exp) if self.share_prompts or config.minibatch_by_question else None
         for _ in range(config.ppo_epochs):
             order = torch.randperm(len(exp), generator=gen)
             if config.minibatch_by_question:  # questions in random order, each one's samples together
                 question_order = torch.randperm(int(prompt_of.max()) + 1, generator=gen)
                 order = order[torch.argsort(torch.argsort(question_order)[prompt_of[order]], stable=True)]
             for mb in order.split(config.mini_batch_size):
-                if config.share_prompts:
+                if self.share_prompts:
                     mb = _micro_batch_order(mb, prompt_of, exp.response_mask.sum(-1))
                 check = minibatches == 0 and self._check_sampler_logprobs
                 for k, v in self.minibatch_step(exp, mb, train_actor, train_critic, check).items():
