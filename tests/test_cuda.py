@@ -98,6 +98,7 @@ def test_demo_pipeline_runs_on_cuda(tmp_path):
 
     config = smoke_config(load_pipeline_config(DEMO))
     config.controls = ("ppo_checker", "sft_round2")
+    config.best_of_n, config.few_shot_baseline = 2, True  # the demo leaves both out; here every row is made
     run = tmp_path / "run"
     summary = run_pipeline(config, run)
     stages = json.loads((run / "stages.json").read_text())

@@ -62,10 +62,10 @@ def _library():
     try:
         import reasoning_gym
         from reasoning_gym.factory import DATASETS
-    except ImportError:
+    except ImportError as err:  # the package, or one of the many it imports on import (named in `err`)
         raise DataError(
-            "rg: datasets need the reasoning-gym package: pip install reasoning-gym==0.1.25 (it is among this "
-            "project's dependencies; reinstall with `make install`)"
+            f"rg: datasets need the reasoning-gym package, which could not be imported ({err}): pip install "
+            "reasoning-gym==0.1.25 (it is among this project's dependencies; reinstall with `make install`)"
         ) from None
     return reasoning_gym, DATASETS
 
