@@ -495,13 +495,30 @@ def _run_review(args):
         _print(result if config.export and not args.json else result["figures"], True)
 
 
+def _add_export(sub):
+    p = sub.add_parser("export", help="copy a run folder's results without its weights (to commit or share a run)")
+    p.add_argument("run", metavar="RUN", help="a `sml run` folder")
+    p.add_argument("dest", metavar="DEST", help="destination folder (rerun as the run goes on: changed files only)")
+    p.add_argument("--max-file-mb", type=float, default=20.0, help="leave out (and name) larger files")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args):
+    from .pipeline import export_run
+
+    counts = export_run(args.run, args.dest, args.max_file_mb)
+    print(f"{counts['copied']} files written to {args.dest}, {counts['unchanged']} unchanged"
+          + (f"; left out as larger than {args.max_file_mb:g} MB: {', '.join(counts['skipped_large'])}"
+             if counts["skipped_large"] else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sml", description="Self-motivated Learning for language model reasoning")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_run, _add_eval, _add_score, _add_data, _add_generate, _add_rationales, _add_training,
-                _add_report, _add_bench, _add_model, _add_review, _add_calibrate, _add_compare):
+                _add_report, _add_bench, _add_model, _add_review, _add_calibrate, _add_compare, _add_export):
         add(sub)
     return parser
 

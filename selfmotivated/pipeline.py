@@ -506,6 +506,45 @@ def _copy_tree(origin: Path, dest: Path) -> None:
         copy(origin, dest)
 
 
+# What `export_run` leaves behind: weights and what only loading them needs, resumable training state, and the
+# outputs of superseded runs. Everything else of a run folder is small text, tables and figures.
+EXPORT_SKIPPED_DIRS = ("model", "policy", "checkpoints", "stale", "adapter", "value_head", "tensorboard")
+EXPORT_SUFFIXES = (".json", ".jsonl", ".gz", ".md", ".html", ".png", ".svg", ".yaml", ".csv", ".txt")
+EXPORT_SKIPPED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                        "adapter_config.json", "generation_config.json", "chat_template.jinja")
+
+
+def export_run(run: str | Path, dest: str | Path, max_file_mb: float = 20.0) -> dict:
+    """Copy a run folder's results into `dest` without its weights: stages.json, summary.json, the report
+    and plots, every evaluation's predictions, the ranked rationales, each stage's config, metrics and
+    record; no model, checkpoint, tokenizer, rationale database or stale output. For committing a run, or
+    reading it where its weights cannot go. Rerun it as the run goes on: only changed files are written.
+    Returns {"copied": n, "unchanged": n, "skipped_large": [paths]}."""
+    src, dest = Path(run).resolve(), Path(dest).resolve()
+    if not (src / "stages.json").is_file():
+        raise ValueError(f"export: {run} is not a `sml run` folder (no stages.json)")
+    if dest == src or src in dest.parents:
+        raise ValueError(f"export: the destination {dest} lies inside the run folder {src}")
+    counts = {"copied": 0, "unchanged": 0, "skipped_large": []}
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if (not path.is_file() or path.suffix not in EXPORT_SUFFIXES or path.name in EXPORT_SKIPPED_FILES
+                or any(part in EXPORT_SKIPPED_DIRS or part.startswith("checkpoint") for part in rel.parts[:-1])):
+            continue
+        if path.stat().st_size > max_file_mb * 2**20:
+            counts["skipped_large"].append(str(rel))
+            continue
+        target = dest / rel
+        if target.is_file() and target.stat().st_size == path.stat().st_size \
+                and target.read_bytes() == path.read_bytes():
+            counts["unchanged"] += 1
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+        counts["copied"] += 1
+    return counts
+
+
 def run_pipeline(config: PipelineConfig, out: str | Path, from_stage: str | None = None,
                  until: str | None = None) -> dict:
     """Run (or resume) every stage of every round into `out`; returns the summary of round 1 (with the

@@ -175,6 +175,34 @@ def test_an_ablation_reuses_what_it_does_not_change(tmp_path, smoke_run, capsys)
     assert "reused from" in capsys.readouterr().out
 
 
+def test_export_copies_a_runs_results_without_its_weights(tmp_path, smoke_run, capsys):
+    from selfmotivated.pipeline import export_run
+    from selfmotivated.stats import compare_all
+
+    src, _, _ = smoke_run
+    dest = tmp_path / "results"
+    counts = export_run(src, dest)
+    files = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
+    assert counts["copied"] == len(files) > 20 and counts["unchanged"] == 0
+    assert {"stages.json", "summary.json", "ranked/pairs.jsonl", "sft/metrics.jsonl", "reward/validity.json",
+            f"eval/sml/{DATASET}/predictions.jsonl", "sft_round2/samples.jsonl"} <= files
+    assert not [f for f in files if f.endswith((".safetensors", ".bin", ".pt", ".sqlite"))
+                or "/checkpoint" in f or f.startswith("stale/") or "tokenizer" in f], files
+    weights = [p for p in src.rglob("*.safetensors")]
+    assert weights  # the run has weights; none came along
+    # the exported folder still answers the paired comparisons
+    assert compare_all(dest) == compare_all(src)
+    (src / "summary.json").touch()  # same bytes: nothing to write again
+    assert export_run(src, dest) == {"copied": 0, "unchanged": len(files), "skipped_large": []}
+    assert export_run(src, tmp_path / "small", max_file_mb=0.001)["skipped_large"]
+    with pytest.raises(ValueError, match="inside the run folder"):
+        export_run(src, src / "results")
+    with pytest.raises(ValueError, match="not a `sml run` folder"):
+        export_run(tmp_path / "nowhere", dest)
+    assert main(["export", str(src), str(tmp_path / "cli")]) in (0, None)
+    assert "files written to" in capsys.readouterr().out
+
+
 def test_a_stage_made_anew_under_the_same_fingerprint_reruns_what_reads_it(tmp_path, smoke_run):
     """--from ppo --until ppo trains SML's policy again with unchanged settings: the evaluations recorded done on
     the old policy must rerun on the next `sml run`; the controls and the reward model, which do not read it,
