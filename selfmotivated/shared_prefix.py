@@ -76,12 +76,49 @@ def prefix_shared_hidden(
     out = body(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=real_positions(prefix_mask),
                use_cache=True)
     prefix_last = out.last_hidden_state[:, -1][row_prefix]  # (B, H): left padding puts it in the last column
-    cache = _expanded_cache(out.cache, row_prefix, body.config)
-    mask = torch.cat([prefix_mask[row_prefix], suffix_mask], dim=1)  # (B, P + T), as the plain pass's
-    positions = prefix_mask.sum(-1)[row_prefix, None] + torch.arange(suffix_ids.shape[1], device=suffix_ids.device)
-    hidden = body(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                  use_cache=True).last_hidden_state  # (B, T, H)
-    return prefix_last, hidden
+    T = suffix_ids.shape[1]
+    lengths = suffix_mask.sum(-1)
+    chunks = length_chunks(lengths) if suffix_ids.device.type == "cpu" else [torch.arange(len(lengths))]
+    parts = []
+    for rows in chunks:
+        rows = rows.to(suffix_ids.device)
+        t = max(int(lengths[rows].max()), 1)  # the chunk's longest row: the padding after it is not computed
+        cache = _expanded_cache(out.cache, row_prefix[rows], body.config)
+        mask = torch.cat([prefix_mask[row_prefix[rows]], suffix_mask[rows, :t]], dim=1)  # as the plain pass's
+        positions = prefix_mask.sum(-1)[row_prefix[rows], None] + torch.arange(t, device=suffix_ids.device)
+        h = body(input_ids=suffix_ids[rows, :t], attention_mask=mask, position_ids=positions, cache=cache,
+                 use_cache=True).last_hidden_state  # (rows, t, H)
+        parts.append(torch.nn.functional.pad(h, (0, 0, 0, T - t)))  # padding positions: zeros, never read
+    if len(chunks) == 1:
+        return prefix_last, parts[0]
+    order = torch.cat(chunks).to(suffix_ids.device)
+    return prefix_last, torch.cat(parts)[torch.argsort(order)]  # (B, T, H) in the rows' order
+
+
+# A forward call costs about as much as this many more tokens (per-call and per-layer work on a 2-core CPU).
+CHUNK_CALL_TOKENS = 16
+
+
+def length_chunks(lengths: torch.Tensor, call_tokens: int = CHUNK_CALL_TOKENS) -> list[torch.Tensor]:
+    """Rows (indices into `lengths`) grouped by length so that padding each group to its own longest row,
+    plus `call_tokens` per group, computes the fewest positions: the response pass of rows whose lengths
+    differ (PPO's samples end anywhere from a few tokens to the limit) pads to each group's longest, not the
+    batch's. An exact split of the rows sorted by length (dynamic programming, O(B^2))."""
+    order = torch.argsort(lengths, stable=True)
+    sorted_lengths = lengths[order].tolist()
+    n = len(sorted_lengths)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # the last group is sorted rows i..j-1, padded to the longest, sorted_lengths[j-1]
+            cost = best[i] + (j - i) * max(sorted_lengths[j - 1], 1) + call_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j].sort().values)  # in the rows' own order: one group is every row as given
+        j = cut[j]
+    return groups[::-1]
 
 
 def response_hidden_shared(model, sequences: torch.Tensor, attention_mask: torch.Tensor,

@@ -82,7 +82,12 @@ def test_reused_sampler_logprobs_give_the_forward_s_experience():
     assert torch.equal(fallback.old_logprobs, forward.old_logprobs)
 
 
-def test_shared_prompts_give_the_plain_passes_states_and_gradients():
+@pytest.mark.parametrize("call_tokens", [16, 0], ids=["one-chunk", "chunked-by-length"])
+def test_shared_prompts_give_the_plain_passes_states_and_gradients(call_tokens, monkeypatch):
+    import selfmotivated.shared_prefix as shared_prefix
+
+    # 0: every distinct response length its own response pass (each padded to its own longest row)
+    monkeypatch.setattr(shared_prefix, "CHUNK_CALL_TOKENS", call_tokens)
     ac, tok = trained_ac()
     rollouts = sample(ac, tok, n_prompts=3, n=3, tokens=9, temperature=1.0)
     for b, r in enumerate(rollouts):  # responses of several lengths (as if some had ended): padding in both parts
@@ -107,6 +112,24 @@ def test_shared_prompts_give_the_plain_passes_states_and_gradients():
     for name, g in plain["grads"].items():  # float rounding of other matmul shapes, relative to the gradient
         assert (g - shared["grads"][name]).norm() <= 1e-5 * g.norm() + 1e-7, name
     assert any(g.abs().max() > 1e-3 for g in plain["grads"].values())
+
+
+def test_length_chunks_split_rows_at_the_least_padding():
+    import itertools
+
+    from selfmotivated.shared_prefix import length_chunks
+
+    lengths = torch.tensor([40, 3, 38, 5, 96, 4, 90, 41])
+    chunks = length_chunks(lengths, call_tokens=16)
+    assert sorted(torch.cat(chunks).tolist()) == list(range(8))  # a partition of the rows
+    cost = sum(len(c) * int(lengths[c].max()) + 16 for c in chunks)
+    # exact: no split of the sorted rows into consecutive groups computes fewer positions
+    ordered = sorted(lengths.tolist())
+    best = min(sum((b - a) * ordered[b - 1] + 16 for a, b in zip((0,) + cuts, cuts + (8,)))
+               for k in range(8) for cuts in itertools.combinations(range(1, 8), k))
+    assert cost == best < 8 * 96 + 16
+    assert [sorted(lengths[c].tolist()) for c in chunks] == [[3, 4, 5], [38, 40, 41], [90, 96]]
+    assert [c.tolist() for c in length_chunks(torch.tensor([5, 6, 5]), call_tokens=16)] == [[0, 1, 2]]
 
 
 def test_shared_reward_model_scores_alike_with_and_without_prompt_sharing():

@@ -36,7 +36,11 @@ def questions(tokenizer, n_questions=3, seed=0):
     return items
 
 
-def test_shared_prompt_gives_the_plain_scores_loss_and_gradients(tiny_dir):
+@pytest.mark.parametrize("call_tokens", [16, 0], ids=["one-chunk", "chunked-by-length"])
+def test_shared_prompt_gives_the_plain_scores_loss_and_gradients(tiny_dir, call_tokens, monkeypatch):
+    import selfmotivated.shared_prefix as shared_prefix
+
+    monkeypatch.setattr(shared_prefix, "CHUNK_CALL_TOKENS", call_tokens)  # 0: a response pass per length
     model, tok = load_scoring_backbone(tiny_dir)
     model = add_lora(model, Lora, "SEQ_CLS", modules_to_save=["score"])
     g = torch.Generator().manual_seed(0)
