@@ -92,6 +92,8 @@ class BenchPPOConfig:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (rollouts are sampled), got {self.temperature}")
+        if not (self.compare or self.memory):
+            raise ValueError("--no-compare with --no-memory leaves nothing to measure: keep one of them")
 
 
 def run_bench_ppo(config: BenchPPOConfig) -> dict:
