@@ -78,7 +78,7 @@ def prefix_shared_hidden(
     prefix_last = out.last_hidden_state[:, -1][row_prefix]  # (B, H): left padding puts it in the last column
     T = suffix_ids.shape[1]
     lengths = suffix_mask.sum(-1)
-    chunks = length_chunks(lengths) if suffix_ids.device.type == "cpu" else [torch.arange(len(lengths))]
+    chunks = suffix_chunks(suffix_mask)
     parts = []
     for rows in chunks:
         rows = rows.to(suffix_ids.device)
@@ -93,6 +93,19 @@ def prefix_shared_hidden(
         return prefix_last, parts[0]
     order = torch.cat(chunks).to(suffix_ids.device)
     return prefix_last, torch.cat(parts)[torch.argsort(order)]  # (B, T, H) in the rows' order
+
+
+def suffix_chunks(suffix_mask: torch.Tensor) -> list[torch.Tensor]:
+    """The row groups of a response pass: by length on a CPU (`length_chunks`), all rows at once elsewhere."""
+    if suffix_mask.device.type == "cpu":
+        return length_chunks(suffix_mask.sum(-1))
+    return [torch.arange(suffix_mask.shape[0], device=suffix_mask.device)]
+
+
+def suffix_positions(suffix_mask: torch.Tensor) -> int:
+    """Positions the response pass computes: each row group padded to its own longest row."""
+    lengths = suffix_mask.sum(-1)
+    return sum(len(rows) * max(int(lengths[rows].max()), 1) for rows in suffix_chunks(suffix_mask))
 
 
 # A forward call costs about as much as this many more tokens (per-call and per-layer work on a 2-core CPU).
@@ -172,4 +185,4 @@ def grouped_last_hidden(model, groups: Sequence[Sequence[Sequence[int]]], pad_id
     if not with_counts:
         return states
     tokens = sum(map(len, prefixes)) + sum(map(len, suffixes))
-    return states, tokens, prefix_mask.numel() + suffix_mask.numel()
+    return states, tokens, prefix_mask.numel() + suffix_positions(suffix_mask)

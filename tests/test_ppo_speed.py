@@ -130,6 +130,11 @@ def test_length_chunks_split_rows_at_the_least_padding():
     assert cost == best < 8 * 96 + 16
     assert [sorted(lengths[c].tolist()) for c in chunks] == [[3, 4, 5], [38, 40, 41], [90, 96]]
     assert [c.tolist() for c in length_chunks(torch.tensor([5, 6, 5]), call_tokens=16)] == [[0, 1, 2]]
+    # the reward model's "positions" statistic counts what the grouped passes computed
+    from selfmotivated.shared_prefix import suffix_positions
+
+    mask = (torch.arange(40)[None] < torch.tensor([[2], [3], [40], [38]])).long()
+    assert suffix_positions(mask) == 2 * 3 + 2 * 40 < mask.numel()
 
 
 def test_shared_reward_model_scores_alike_with_and_without_prompt_sharing():
