@@ -833,7 +833,8 @@ def write_summary(config: PipelineConfig, run: Path, record: dict) -> dict:
     if validity:
         summary["reward_validity"] = {k: validity.get(k) for k in (
             "auroc", "n", "n_correct", "n_questions", "within_question_auroc", "within_question_auroc_ci95",
-            "n_questions_with_both", "by_pair_type", "provenance_baseline_accuracy", "pairwise_accuracy")}
+            "n_questions_with_both", "answer_prior_within_question_auroc", "within_question_auroc_by_gold",
+            "by_pair_type", "provenance_baseline_accuracy", "pairwise_accuracy")}
     refused = {stage: info["reason"] for stage, info in record.items() if info.get("status") == "refused"}
     if refused:
         summary["refused"] = refused  # why a model row (sml) is missing

@@ -9,6 +9,11 @@ and measures how well the score separates what our answer checker calls right fr
 - auroc: over all samples (n of them), the chance a right sample outscores a wrong one;
 - within_question_auroc: the same, only comparing samples of one question (what PPO's group baseline
   uses), averaged over the questions that have both right and wrong samples;
+- answer_prior_within_question_auroc: the within-question AUROC of a scorer that knows only each sample's
+  stated answer (see `answer_prior_within_question_auroc`); a reward model no better than it prefers some
+  answers whatever the question, a habit PPO would learn, not a check of the reasoning;
+- within_question_auroc_by_gold: on tasks with few possible answers (yes/no, choices), the within-question
+  AUROC over the questions of each gold answer: a habit is right on one side and wrong on the other;
 - pairwise accuracy by pair type on the held-out pairs, and the accuracy of a provenance-only scorer
   (gold-hinted > free > wrong-hinted) on those pairs, from the reward stage's held-out metrics.
 
@@ -45,6 +50,65 @@ def within_question_auroc(rows: Sequence[dict]) -> tuple[float | None, int]:
     values = [auroc([r["score"] for r in rs], [r["correct"] for r in rs]) for rs in _by_question(rows).values()]
     values = [v for v in values if v is not None]
     return (statistics.fmean(values) if values else None), len(values)
+
+
+def _gold_of_question(rs: Sequence[dict]):
+    """A question's gold answer as its samples show it: what its right samples state (None when none is right)."""
+    for r in rs:
+        if r["correct"] and r.get("prediction") is not None:
+            return str(r["prediction"])
+    return None
+
+
+def within_question_auroc_by_gold(rows: Sequence[dict], max_answers: int = 10) -> dict | None:
+    """{gold answer: {"auroc", "n_questions"}} over the questions with both right and wrong samples, grouped by
+    their gold (read off their right samples); None when those questions have more than `max_answers` distinct
+    golds (numbers: a group per answer would say nothing) or no sample states a prediction."""
+    groups: dict[str, list[float]] = {}
+    for rs in _by_question(rows).values():
+        value = auroc([r["score"] for r in rs], [r["correct"] for r in rs])
+        gold = _gold_of_question(rs)
+        if value is not None and gold is not None:
+            groups.setdefault(gold, []).append(value)
+    if not groups or len(groups) > max_answers:
+        return None
+    return {gold: {"auroc": statistics.fmean(v), "n_questions": len(v)} for gold, v in sorted(groups.items())}
+
+
+def answer_prior_within_question_auroc(rows: Sequence[dict]) -> float | None:
+    """The within-question AUROC of a scorer that knows only a sample's stated answer (no answer counts as one):
+    its score is the reward model's mean score of the samples stating that answer on the other questions (left
+    out, so it cannot copy the question's own scores), or the mean of all other questions' samples for an
+    answer only this question states.
+
+    Why: within one question, right and wrong samples differ exactly in the answer they state, so a reward
+    model that simply prefers some answers (says "no" is better than "yes" everywhere) reaches a within-question
+    AUROC above 0.5 on any task whose golds lean that way. This is what that preference alone earns; the reward
+    model's figure above it is what depends on the question. None when no sample states a prediction."""
+    if not any(r.get("prediction") is not None for r in rows):
+        return None
+    def key(r):
+        return None if r.get("prediction") is None else str(r["prediction"])
+    total_sum: dict = {}
+    total_n: dict = {}
+    for r in rows:
+        total_sum[key(r)] = total_sum.get(key(r), 0.0) + r["score"]
+        total_n[key(r)] = total_n.get(key(r), 0) + 1
+    all_sum, all_n = sum(total_sum.values()), len(rows)
+    prior_rows = []
+    for q, rs in _by_question(rows).items():
+        own_sum: dict = {}
+        own_n: dict = {}
+        for r in rs:
+            own_sum[key(r)] = own_sum.get(key(r), 0.0) + r["score"]
+            own_n[key(r)] = own_n.get(key(r), 0) + 1
+        others_n = all_n - len(rs)
+        fallback = (all_sum - sum(own_sum.values())) / others_n if others_n else 0.0
+        for r in rs:
+            n = total_n[key(r)] - own_n[key(r)]
+            prior = (total_sum[key(r)] - own_sum[key(r)]) / n if n else fallback
+            prior_rows.append({"id": q, "score": prior, "correct": r["correct"]})
+    return within_question_auroc(prior_rows)[0]
 
 
 def within_question_interval(rows: Sequence[dict], n_resamples: int = 2000, seed: int = 0) -> list[float] | None:
@@ -96,7 +160,7 @@ def compare_within_question(rows_a: Sequence[dict], rows_b: Sequence[dict], n_re
 
 
 def validity_figures(rows: Sequence[dict]) -> dict:
-    """The report's figures from sample rows {id, score, correct, finished}."""
+    """The report's figures from sample rows {id, score, correct, finished, prediction}."""
     scores = [r["score"] for r in rows]
     correct = [bool(r["correct"]) for r in rows]
     within, n_within = within_question_auroc(rows)
@@ -110,6 +174,8 @@ def validity_figures(rows: Sequence[dict]) -> dict:
         "within_question_auroc": within,
         "within_question_auroc_ci95": within_question_interval(rows),
         "n_questions_with_both": n_within,
+        "answer_prior_within_question_auroc": answer_prior_within_question_auroc(rows),
+        "within_question_auroc_by_gold": within_question_auroc_by_gold(rows),
         "mean_score_correct": statistics.fmean(right) if right else None,
         "mean_score_wrong": statistics.fmean(wrong) if wrong else None,
         "truncated_frac": sum(not r["finished"] for r in rows) / len(rows) if rows else None,
@@ -203,7 +269,12 @@ def format_validity(report: dict) -> str:
     lines = [f"reward validity: AUROC {f(report.get('auroc'))} on {report.get('n')} fresh samples "
              f"({report.get('n_correct')} right) of {report.get('n_questions')} held-out training questions; "
              f"within-question AUROC {f(report.get('within_question_auroc'))} "
-             f"({report.get('n_questions_with_both')} questions with both)"]
+             f"({report.get('n_questions_with_both')} questions with both; a scorer that knows only the stated "
+             f"answer: {f(report.get('answer_prior_within_question_auroc'))})"]
+    if report.get("within_question_auroc_by_gold"):
+        parts = [f"gold {gold}: {f(v['auroc'])} ({v['n_questions']} questions)"
+                 for gold, v in report["within_question_auroc_by_gold"].items()]
+        lines.append("within-question AUROC by gold answer: " + ", ".join(parts))
     if report.get("by_pair_type"):
         parts = [f"{t} {f(v['accuracy'])} (n={v['n_pairs']})" for t, v in report["by_pair_type"].items()]
         lines.append("held-out pairs by type: " + ", ".join(parts)

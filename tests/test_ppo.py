@@ -357,6 +357,18 @@ def test_reward_validity_gate(tmp_path):
     # Too few questions with both kinds of sample for the within-question figure: the overall AUROC decides.
     (tmp_path / "reward" / "validity.json").write_text(json.dumps({**report, "n_questions_with_both": 4}))
     assert check_reward_validity(model, 0.55, within_question=True)["auroc"] == 0.68
+    # A yes/no reward model that prefers "no" whatever the question (coin_flip's: 0.67 within a question, 0.91
+    # on the "no" questions, 0.43 on the "yes" ones) is refused on its weaker side; a side with too few
+    # questions does not count.
+    habit = {"auroc": 0.69, "n": 400, "within_question_auroc": 0.67, "n_questions_with_both": 85,
+             "within_question_auroc_by_gold": {"no": {"auroc": 0.91, "n_questions": 43},
+                                               "yes": {"auroc": 0.43, "n_questions": 42}}}
+    (tmp_path / "reward" / "validity.json").write_text(json.dumps(habit))
+    with pytest.raises(RewardModelInvalid, match=r"gold is yes .* is 0\.430 .* 0\.670\): it prefers some answers"):
+        check_reward_validity(model, 0.55, within_question=True)
+    habit["within_question_auroc_by_gold"]["yes"]["n_questions"] = 9
+    (tmp_path / "reward" / "validity.json").write_text(json.dumps(habit))
+    assert check_reward_validity(model, 0.55, within_question=True)["within_question_auroc"] == 0.67
 
 
 # ----------------------------------------------------------------------------------------------------

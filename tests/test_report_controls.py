@@ -105,6 +105,32 @@ def section(md: str, title: str) -> str:
     return md.split(f"\n## {title}\n")[1].split("\n## ")[0]
 
 
+def test_reward_model_that_prefers_an_answer_is_named(tmp_path):
+    """A yes/no reward model that scores "no" above "yes" whatever the question: its within-question AUROC is
+    above chance only because the golds lean to "no". The report computes the answer-only scorer and the split
+    by gold from the samples (this validity.json predates them) and says what the reward model learned."""
+    run = make_run(tmp_path)
+    add_new_outputs(run)
+    rows = []
+    for q, gold in enumerate(["no"] * 12 + ["yes"] * 8):
+        for k, answer in enumerate(("yes", "no", "no", None)):
+            rows.append({"id": f"q{q}", "sample": k, "text": "t", "prediction": answer, "correct": answer == gold,
+                         "finished": answer is not None, "score": {"no": 2.0, "yes": 1.0, None: 0.0}[answer] + 0.01 * k})
+    figures = {k: v for k, v in validity_figures(rows).items()
+               if k not in ("answer_prior_within_question_auroc", "within_question_auroc_by_gold")}
+    assert figures["within_question_auroc"] > 0.55  # the gate alone would let it through
+    _write(run / "reward" / "validity.json", figures)
+    _write_jsonl(run / "reward" / "validity_samples.jsonl", rows)
+    reward = section(Path(make_report([str(run)])["markdown"]).read_text(), "Reward model")
+    assert cells(reward, "within-question AUROC, questions whose gold is no")[1] == "1.000 over 12 questions"
+    # a "yes" question: its right sample (1.0) beats only the unanswered one (0.03), not the two "no" (2.0x)
+    assert cells(reward, "within-question AUROC, questions whose gold is yes")[1] == "0.333 over 8 questions"
+    assert ("prefers some answers whatever the question: among a question's own samples it favours the right "
+            "ones when the gold is no, the wrong ones when it is yes") in reward
+    prior = float(cells(reward, "within-question AUROC of a scorer that knows only the stated answer")[1])
+    assert prior == pytest.approx(figures["within_question_auroc"], abs=0.1)
+
+
 def test_control_rows_validity_and_ppo_signals(tmp_path):
     run = make_run(tmp_path)
     figures = add_new_outputs(run)

@@ -89,3 +89,57 @@ def test_two_reward_models_compared_on_the_same_samples():
     assert result["diff"] == pytest.approx(0.4) and 0.1 < result["ci95"][0] < 0.4 < result["ci95"][1]
     other = [dict(r, text=r["text"] + "!") if r["id"] == "q3" else r for r in better]  # q3 sampled differently
     assert compare_within_question(chance, other)["n_questions_with_other_samples"] == 1
+
+
+def _yes_no_rows(golds, score):
+    """Two samples per question, one saying yes and one no; score(answer, right) gives the reward model's score."""
+    rows = []
+    for q, gold in enumerate(golds):
+        for answer in ("yes", "no"):
+            rows.append({"id": f"q{q}", "prediction": answer, "correct": answer == gold, "finished": True,
+                         "score": score(answer, answer == gold)})
+    return rows
+
+
+def test_a_reward_model_that_prefers_an_answer_is_told_from_one_that_checks():
+    from selfmotivated.report.validity import _habit
+    from selfmotivated.validity import answer_prior_within_question_auroc, within_question_auroc_by_gold
+
+    golds = ["no", "no", "no", "yes"]  # golds that lean to "no"
+    habit = _yes_no_rows(golds, lambda answer, right: 1.0 if answer == "no" else 0.0)
+    figures = validity_figures(habit)
+    # Right on the three "no" questions, wrong on the "yes" one: 0.75 within a question, all of it the habit.
+    assert figures["within_question_auroc"] == pytest.approx(0.75)
+    assert figures["answer_prior_within_question_auroc"] == pytest.approx(0.75)
+    assert figures["within_question_auroc_by_gold"] == {"no": {"auroc": 1.0, "n_questions": 3},
+                                                         "yes": {"auroc": 0.0, "n_questions": 1}}
+    assert "adds nothing" in _habit(figures)
+
+    checker = _yes_no_rows(golds, lambda answer, right: 1.0 if right else 0.0)
+    # Leave-one-question-out: on the "yes" question the other questions' "no" samples were all right, so the
+    # answer-only scorer gets it wrong; the reward model does not.
+    assert answer_prior_within_question_auroc(checker) == pytest.approx(0.75)
+    assert within_question_auroc(checker)[0] == 1.0
+    assert within_question_auroc_by_gold(checker) == {"no": {"auroc": 1.0, "n_questions": 3},
+                                                      "yes": {"auroc": 1.0, "n_questions": 1}}
+    assert _habit(validity_figures(checker)) is None
+
+    # With enough questions on both sides, the split names the habit.
+    many = _yes_no_rows(["no"] * 6 + ["yes"] * 5, lambda answer, right: 1.0 if answer == "no" else 0.0)
+    assert "whatever the question" in _habit(validity_figures(many))
+
+
+def test_answer_figures_skip_numbers_and_rows_without_predictions():
+    from selfmotivated.validity import answer_prior_within_question_auroc, within_question_auroc_by_gold
+
+    # Twelve questions with distinct numeric golds: no split by gold; an answer no other question states
+    # falls back to the other questions' mean score (a tie here), so the answer-only scorer is at chance.
+    rows = []
+    for q in range(12):
+        rows += [{"id": f"q{q}", "prediction": str(q), "correct": True, "score": 1.0},
+                 {"id": f"q{q}", "prediction": str(100 + q), "correct": False, "score": 0.0}]
+    assert within_question_auroc_by_gold(rows) is None
+    assert answer_prior_within_question_auroc(rows) == pytest.approx(0.5)
+    no_predictions = [{k: v for k, v in r.items() if k != "prediction"} for r in rows]
+    assert answer_prior_within_question_auroc(no_predictions) is None
+    assert within_question_auroc_by_gold(no_predictions) is None

@@ -37,9 +37,21 @@ MIN_QUESTIONS_WITH_BOTH = 10
 
 def gate_figure(report: dict, within_question: bool) -> tuple[float | None, str]:
     """(value, name) of the validity figure the gate reads: the within-question AUROC for a per-question
-    baseline when enough questions have both a right and a wrong sample, else the overall AUROC."""
+    baseline when enough questions have both a right and a wrong sample, else the overall AUROC.
+
+    On a task with few answers (yes/no, choices) whose report splits the within-question AUROC by gold answer,
+    with enough questions on two sides or more, the gate reads the lowest side. Why: within a question, right
+    and wrong samples differ in the answer they state, so a reward model that prefers "no" everywhere orders
+    the samples of every "no" question right and of every "yes" question wrong, and its mean looks fine when
+    the golds lean to "no". PPO against it teaches the wrong answer on the other side."""
     n_both = report.get("n_questions_with_both") or 0
     if within_question and report.get("within_question_auroc") is not None and n_both >= MIN_QUESTIONS_WITH_BOTH:
+        sides = {gold: g["auroc"] for gold, g in (report.get("within_question_auroc_by_gold") or {}).items()
+                 if g.get("auroc") is not None and g.get("n_questions", 0) >= MIN_QUESTIONS_WITH_BOTH}
+        if len(sides) >= 2:
+            gold = min(sides, key=sides.get)
+            return sides[gold], (f"within-question AUROC of the questions whose gold is {gold} (the lowest of "
+                                 f"{len(sides)} gold answers)")
         return report["within_question_auroc"], "within-question AUROC"
     return report.get("auroc"), "AUROC"
 
@@ -65,6 +77,10 @@ def check_reward_validity(reward_path: str | Path, min_auroc: float, within_ques
         what = (f"the AUROC of its score against the answer checker among each question's own samples (mean over "
                 f"the {n_both} held-out training questions with a right and a wrong one of {report.get('n', '?')} "
                 f"fresh samples) is {{shown}}")
+        if which != "within-question AUROC":
+            what = (f"the {which} is {{shown}} (over all {n_both} held-out training questions with a right and "
+                    f"a wrong sample: {report['within_question_auroc']:.3f}): it prefers some answers whatever "
+                    "the question")
         why = (f"PPO's per-question baseline cancels what the score says about a question, so only the order of a "
                f"question's own samples moves the policy (the overall AUROC, {report.get('auroc') or 0:.3f}, also "
                f"counts which questions are easy). ")

@@ -157,18 +157,23 @@ def _compare_paired(runs: list[Run]) -> list:
 
 
 def _compare_training(runs: list[Run], config: ReportConfig) -> list:
+    from .validity import _answer_figures
+
     rows = []
     for r in runs:
         o = ppo_overview(r)
+        v = _answer_figures(r, r.validity or {})
         found = {s.name for s in failure_signatures(r.ppo_log, **_thresholds(config))}
         rows.append([r.name, num(_get(r.reward, "metrics", "heldout", "pairwise_accuracy")),
                      num(_get(r.validity, "auroc")), num(_get(r.validity, "within_question_auroc")),
+                     num(_get(v, "answer_prior_within_question_auroc")),
                      o["iterations"] or "n/a",
                      num(_get(o, "score", "first")) + " -> " + num(_get(o, "score", "last")),
                      num(_get(o, "kl", "last")), num(_get(o, "entropy", "last")),
                      ", ".join(sorted(found)) or "none"])
     return [Heading(1, "Reward model and PPO"),
-            Table(["run", "RM held-out pairwise acc.", "RM validity AUROC", "within a question", "PPO iterations",
+            Table(["run", "RM held-out pairwise acc.", "RM validity AUROC", "within a question",
+                   "within, stated answer only", "PPO iterations",
                    "PPO score first -> last", "KL last",
                    "entropy last", "failure signatures"], rows)]
 

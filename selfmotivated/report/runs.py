@@ -53,6 +53,7 @@ class Run:
     validity: dict | None = None  # reward/validity.json (else summary.json's reward_validity)
     validity_scores: list = field(default_factory=list)  # (score, correct) of reward/validity_samples.jsonl
     validity_questions: list = field(default_factory=list)  # (question id, finished) of the same rows
+    validity_rows: list = field(default_factory=list)  # the same rows {id, score, correct, finished, prediction}
     missing: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # files that could not be read
 
@@ -261,6 +262,9 @@ def _load_stages(run: Run) -> None:
         if _num(row.get("score")) is not None and isinstance(row.get("correct"), bool):
             run.validity_scores.append((float(row["score"]), row["correct"]))
             run.validity_questions.append((str(row.get("id")), row.get("finished") is not False))
+            run.validity_rows.append({"id": str(row.get("id")), "score": float(row["score"]),
+                                      "correct": row["correct"], "finished": row.get("finished") is not False,
+                                      "prediction": row.get("prediction")})
     run.ppo_log = _read_jsonl(path / "ppo" / "metrics.jsonl", notes)
     run.ppo_run = _read_json(path / "ppo" / "run.json", notes)
     if not run.ppo_log and "ppo" not in run.refused:  # a refusal is listed once, with the stages

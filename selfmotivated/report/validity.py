@@ -12,7 +12,11 @@ from .plots import validity_plot
 from .runs import Run, _get, _num
 
 READING = ("AUROC is the chance that a sample the checker calls right outscores one it calls wrong: "
-           "0.5 is chance, 1 a perfect ranking, below 0.5 the reward model prefers wrong answers. The "
+           "0.5 is chance, 1 a perfect ranking, below 0.5 the reward model prefers wrong answers. Within a "
+           "question, right and wrong samples differ in the answer they state, so a reward model that merely "
+           "prefers some answers everywhere scores above 0.5 there too: the scorer that knows only the stated "
+           "answer (its mean score on other questions) measures that much, and on tasks with few answers the "
+           "split by gold answer shows it (a preference is right on one side, wrong on the other). The "
            "provenance baseline is the pairwise accuracy of a scorer that knows only how each rationale was "
            "made (gold-hinted > free > wrong-hinted): a reward model at or below it has learned how "
            "rationales were made, not whether they are right.")
@@ -70,8 +74,38 @@ def _verdict(value: float | None, n) -> str:
     return f"{value:.3f} on {n if n is not None else 'n/a'} samples, {what}"
 
 
+def _answer_figures(run: Run, v: dict) -> dict:
+    """The answer-prior and by-gold figures (selfmotivated/validity.py), computed from the samples when the
+    validity report predates them."""
+    if "answer_prior_within_question_auroc" in v or not run.validity_rows:
+        return v
+    from ..validity import answer_prior_within_question_auroc, within_question_auroc_by_gold
+
+    return {**v, "answer_prior_within_question_auroc": answer_prior_within_question_auroc(run.validity_rows),
+            "within_question_auroc_by_gold": within_question_auroc_by_gold(run.validity_rows)}
+
+
+def _habit(v: dict) -> str | None:
+    """A sentence when the within-question AUROC looks like a preference for some answers, not a check."""
+    within, prior = _num(v.get("within_question_auroc")), _num(v.get("answer_prior_within_question_auroc"))
+    by_gold = {g: _num(_get(d, "auroc")) for g, d in (v.get("within_question_auroc_by_gold") or {}).items()
+               if _num(_get(d, "n_questions")) and _num(_get(d, "n_questions")) >= 5}
+    below = [g for g, a in by_gold.items() if a is not None and a < 0.5]
+    above = [g for g, a in by_gold.items() if a is not None and a > 0.5]
+    if below and above:
+        return (f"The reward model prefers some answers whatever the question: among a question's own samples it "
+                f"favours the right ones when the gold is {', '.join(above)}, the wrong ones when it is "
+                f"{', '.join(below)}. PPO against it learns that preference, not the task.")
+    if within is not None and prior is not None and within <= prior:
+        return (f"A scorer that knows only each sample's stated answer (or that it states none) orders a "
+                f"question's samples at least as well ({prior:.3f}) as the reward model ({within:.3f}): the "
+                "reward model adds nothing to what the stated answer alone tells.")
+    return None
+
+
 def _figures(run: Run, v: dict, pairwise: float | None, provenance: float | None) -> list:
     """The validity figures as a table, with where they come from and how to read them."""
+    v = _answer_figures(run, v)
     value, n, n_right = _num(v.get("auroc")), v.get("n"), _num(v.get("n_correct"))
     n_wrong = _num(n) - n_right if _num(n) is not None and n_right is not None else None
     interval = auroc_interval(value, n_right, n_wrong)
@@ -88,6 +122,11 @@ def _figures(run: Run, v: dict, pairwise: float | None, provenance: float | None
          (f"{num(v.get('within_question_auroc'))} over {v.get('n_questions_with_both', 'n/a')} questions "
           "with both right and wrong samples")],
         ["its 95% interval (bootstrap over those questions)", _interval(v.get("within_question_auroc_ci95"))],
+        ["within-question AUROC of a scorer that knows only the stated answer",
+         num(v.get("answer_prior_within_question_auroc"))],
+        *([f"within-question AUROC, questions whose gold is {gold}", f"{num(_get(g, 'auroc'))} over "
+           f"{_get(g, 'n_questions', default='n/a')} questions"]
+          for gold, g in (v.get("within_question_auroc_by_gold") or {}).items()),
         ["mean score of right samples", num(v.get("mean_score_correct"))],
         ["mean score of wrong samples", num(v.get("mean_score_wrong"))],
         ["samples cut at the token limit (%)", pct(v.get("truncated_frac"))],
@@ -102,6 +141,9 @@ def _figures(run: Run, v: dict, pairwise: float | None, provenance: float | None
     if pairwise is not None and provenance is not None:
         side = "above" if pairwise > provenance else "at or below"
         here += f"; held-out pairs {pairwise:.3f}, {side} the {provenance:.3f} that provenance alone gives"
+    habit = _habit(v)
+    if habit:
+        here += ". " + habit.rstrip(".")
     return [
         Para("Reward validity: fresh samples of the SFT policy, drawn as PPO draws them, on training "
              "questions neither the rationales nor PPO use, scored by the reward model and checked against "
