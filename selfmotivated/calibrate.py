@@ -9,6 +9,13 @@ synthetic tasks' `task_options`) this measures, on N questions of that setting:
   (arXiv 2107.03374, eq. 1), for every k up to the number of samples. Greedy decoding understates what a small
   model can do: its samples are where the correct rationales of SFT and the pairs of the reward model come from.
 
+On tasks with few answers (yes/no, choices: at most 10 distinct golds) it also measures whether the greedy
+answers depend on the question: accuracy per gold answer, and their mean over the answered questions (the
+balanced accuracy). A model that says "yes" to everything scores well on the "yes" questions and not at all
+on the "no" ones, and its balanced accuracy is chance (1 / the number of answers). Such a setting is
+refused: its right rationales are right by habit, and pass@k says nothing there (a guesser's pass@8 on a
+yes/no task is 1 - 0.5^8 = 0.996; the table shows it beside the model's).
+
 It then picks the setting whose greedy accuracy lies in a band (default 25-45%: above chance, below saturation)
 and whose pass@8 is high enough that most questions yield a correct rationale (default >= 0.75), and writes
 OUT/calibration.json, OUT/calibration.md (a table) and OUT/calibration.png. Each setting lives in
@@ -119,12 +126,44 @@ def mean_pass_at_k(counts: list[tuple[int, int]], k: int) -> float | None:
     return sum(pass_at_k(n, c, k) for n, c in counts) / len(counts) if counts else None
 
 
+MAX_ANSWERS_FOR_BALANCE = 10
+
+
+def answer_balance(predictions: list[dict], max_answers: int = MAX_ANSWERS_FOR_BALANCE) -> dict | None:
+    """Greedy answers split by gold, for tasks with few answers: {"by_gold": {gold: {"n", "answered",
+    "accuracy", "accuracy_answered"}}, "balanced_accuracy_answered": the mean over golds of the accuracy among
+    answered questions, "chance": 1 / the number of golds}. None with more than `max_answers` golds (numbers)
+    or fewer than two. predictions: sml eval's rows {gold, prediction, correct}."""
+    by_gold: dict[str, list[int]] = {}
+    for row in predictions:
+        counts = by_gold.setdefault(str(row.get("gold")).strip().lower(), [0, 0, 0])  # n, answered, right
+        counts[0] += 1
+        counts[1] += row.get("prediction") is not None
+        counts[2] += bool(row.get("correct"))
+    if not 2 <= len(by_gold) <= max_answers:
+        return None
+    sides = {gold: {"n": n, "answered": answered, "accuracy": right / n,
+                    "accuracy_answered": right / answered if answered else None}
+             for gold, (n, answered, right) in sorted(by_gold.items())}
+    answered = [v["accuracy_answered"] for v in sides.values() if v["accuracy_answered"] is not None]
+    return {"by_gold": sides, "balanced_accuracy_answered": sum(answered) / len(answered) if answered else None,
+            "chance": 1 / len(sides)}
+
+
+def guesser_pass_at_k(n_answers: int, k: int) -> float:
+    """pass@k of a guesser drawing uniformly among n_answers answers: what pass@k is worth on such a task."""
+    return 1 - (1 - 1 / n_answers) ** k
+
+
 def pick_setting(rows: list[dict], band: tuple[float, float] = (0.25, 0.45), min_pass: float = 0.75,
                  k: int = 8) -> dict:
     """The setting to train on: greedy accuracy within `band` and pass@k >= `min_pass`; among several, the
     one whose greedy accuracy is nearest the band's middle (then the higher pass@k, then the first).
 
-    rows: {"label", "greedy_accuracy", "pass_at": {k: value}}. Returns {"chosen": index or None, "label",
+    A setting whose greedy answers are at chance on balance (`answer_balance`) never fits.
+
+    rows: {"label", "greedy_accuracy", "pass_at": {k: value}, "greedy_balance" (optional)}. Returns {"chosen":
+    index or None, "label",
     "verdicts": one line per row, "reason"}."""
     low, high = band
     middle = (low + high) / 2
@@ -143,6 +182,12 @@ def pick_setting(rows: list[dict], band: tuple[float, float] = (0.25, 0.45), min
             problems.append(f"no pass@{k}")
         elif pk < min_pass:
             problems.append(f"pass@{k} {pk:.2f} < {min_pass:.2f}")
+        balance = row.get("greedy_balance") or {}
+        balanced, chance = balance.get("balanced_accuracy_answered"), balance.get("chance")
+        if balanced is not None and chance is not None and balanced <= chance:
+            sides = ", ".join(f"{g} {100 * v['accuracy']:.0f}%" for g, v in balance["by_gold"].items())
+            problems.append(f"answers by habit: balanced accuracy of answered questions {100 * balanced:.0f}%, "
+                            f"chance {100 * chance:.0f}% (by gold: {sides})")
         verdicts.append("; ".join(problems) if problems else "fits")
         if not problems:
             fits.append((round(abs(acc - middle), 9), -pk, i))  # rounded: 0.30 and 0.40 are equally near 0.35
@@ -153,6 +198,9 @@ def pick_setting(rows: list[dict], band: tuple[float, float] = (0.25, 0.45), min
             hint = "every setting is too easy for the band: add harder ones"
         elif greedy and max(greedy) < low:
             hint = "every setting is too hard for the band: add easier ones"
+        elif any("habit" in v for v in verdicts):
+            hint = ("the settings in the band answer by habit, not by the question: an easier setting, or another "
+                    "task")
         elif any("pass@" in v and "band" not in v for v in verdicts):
             hint = ("the settings in the band have too few right samples: an easier setting, more samples or a "
                     "lower temperature")
@@ -288,6 +336,12 @@ def _sample(config: CalibrateConfig, examples, folder: Path, holder: _Model, lab
     return [r for r in rows if r["id"] in keep]
 
 
+def _greedy_balance(folder: Path) -> dict | None:
+    from .evaluate import _read_jsonl
+
+    return answer_balance(_read_jsonl(folder / "zero_shot" / "predictions.jsonl"))
+
+
 def measure_setting(config: CalibrateConfig, options: dict, root: Path, holder: _Model) -> dict:
     """One setting's numbers (from OUT/settings/<setting>/result.json when it is finished)."""
     from .evaluate import run_eval
@@ -339,6 +393,7 @@ def measure_setting(config: CalibrateConfig, options: dict, root: Path, holder: 
         "dataset": data.dataset, "n": greedy["n"],
         "greedy_accuracy": greedy["accuracy"], "greedy_ci95": greedy["ci95"],
         "greedy_no_answer": greedy["n_no_answer"],
+        "greedy_balance": _greedy_balance(folder),
         "few_shot_accuracy": few["accuracy"] if few else None, "few_shot_ci95": few["ci95"] if few else None,
         "sampled_questions": len(sampled), "samples_per_question": config.samples,
         "sample_correct_counts": [c for _, c in counts],
@@ -368,6 +423,8 @@ def run_calibrate(config: CalibrateConfig) -> dict:
     rows = [{k: v for k, v in row.items() if k != "identity"} for row in rows]
     for row in rows:  # JSON keys are text: pass@k back to int keys for the pick
         row["pass_at"] = {int(k): v for k, v in (row.get("pass_at") or {}).items()}
+        if "greedy_balance" not in row:  # a setting measured before the balance existed
+            row["greedy_balance"] = _greedy_balance(root / "settings" / row["folder"])
     k = config.pass_k if config.samples else 0
     pick = pick_setting(rows, config.band, config.min_pass, k)
     result = {
@@ -398,8 +455,11 @@ def format_calibration(result: dict) -> str:
     low, high = result["band"]
     rows = result["rows"]
     few = any(r.get("few_shot_accuracy") is not None for r in rows)
-    head = ["setting", "n", "greedy zero-shot", "95% CI", "no answer"] + (["few-shot"] if few else []) + [
-        "sampled right", f"pass@{k}" if k else "pass@k", "verdict"]
+    balance = any(r.get("greedy_balance") for r in rows)
+    head = (["setting", "n", "greedy zero-shot", "95% CI", "no answer"] + (["few-shot"] if few else [])
+            + (["balanced (answered)", "chance"] if balance else [])
+            + ["sampled right", f"pass@{k}" if k else "pass@k"] + ([f"a guesser's pass@{k}"] if balance and k else [])
+            + ["verdict"])
     lines = [f"# Calibration: {result['dataset']} on {result['model']}", "",
              f"Questions of the {result['split']} split; base task options {result['base_task_options'] or '{}'}. "
              f"Band: greedy zero-shot accuracy {100 * low:.0f}-{100 * high:.0f}%, pass@{k} >= "
@@ -412,10 +472,16 @@ def format_calibration(result: dict) -> str:
                  f"{_pct(ci[0])}-{_pct(ci[1])}", str(r.get("greedy_no_answer", "-"))]
         if few:
             cells.append(_pct(r.get("few_shot_accuracy")))
+        b = r.get("greedy_balance") or {}
+        if balance:
+            cells += [_pct(b.get("balanced_accuracy_answered")), _pct(b.get("chance"))]
         samples = (f"{_pct(r['sample_accuracy'])} of {r['sampled_questions'] * r['samples_per_question']}"
                    if r.get("sample_accuracy") is not None else "-")
         pk = (r.get("pass_at") or {}).get(k, (r.get("pass_at") or {}).get(str(k)))
-        cells += [samples, "-" if pk is None else f"{pk:.2f}", r.get("verdict", "")]
+        cells += [samples, "-" if pk is None else f"{pk:.2f}"]
+        if balance and k:
+            cells.append(f"{guesser_pass_at_k(len(b['by_gold']), k):.3f}" if b else "-")
+        cells.append(r.get("verdict", ""))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if result["chosen"] is None:
@@ -426,7 +492,10 @@ def format_calibration(result: dict) -> str:
     c = result["config"]
     lines += ["", f"Greedy and sampled answers: zero-shot chat prompt, {c['max_new_tokens']} new tokens; samples at "
               f"temperature {c['temperature']}, top-p {c['top_p']}, {c['samples']} per question; pass@k by the "
-              "unbiased estimator of Chen et al. 2021. Seconds per setting: "
+              "unbiased estimator of Chen et al. 2021. "
+              + ("Balanced (answered): accuracy among the answered questions of each gold answer, averaged over "
+                 "the golds; at or below chance, the answers do not depend on the question. " if balance else "")
+              + "Seconds per setting: "
               + ", ".join(f"{r['label']} {r.get('seconds', 0):.0f}" for r in rows) + ".", ""]
     return "\n".join(lines)
 

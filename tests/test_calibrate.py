@@ -58,6 +58,35 @@ def test_pick_setting_on_hand_made_numbers():
     assert pick_setting([_row("edge", 0.25, 0.75)])["label"] == "edge"  # the bounds are inside
 
 
+def test_answers_by_habit_are_refused_and_pass_at_k_set_against_a_guesser():
+    from selfmotivated.calibrate import answer_balance, guesser_pass_at_k
+
+    # The coin_flip base model's shape: "yes" to most questions. 60 "yes" questions (54 right), 40 "no" ones
+    # (8 right, 10 unanswered): 39% overall, inside the band, but 90% and 27% of the answered: 58.3% on balance.
+    def rows(yes_right, no_right, no_unanswered):
+        out = [{"gold": "yes", "prediction": "yes" if i < yes_right else "no", "correct": i < yes_right}
+               for i in range(60)]
+        out += [{"gold": "No", "prediction": None if i < no_unanswered else ("no" if i < no_unanswered + no_right
+                                                                             else "yes"),
+                 "correct": no_unanswered <= i < no_unanswered + no_right} for i in range(40)]
+        return out
+    leaning = answer_balance(rows(54, 8, 10))
+    assert leaning["by_gold"]["no"] == {"n": 40, "answered": 30, "accuracy": 0.2, "accuracy_answered": 8 / 30}
+    assert leaning["balanced_accuracy_answered"] == pytest.approx((0.9 + 8 / 30) / 2) and leaning["chance"] == 0.5
+    habit = answer_balance(rows(57, 1, 10))  # 95% and 3%: 49% on balance
+    assert habit["balanced_accuracy_answered"] < 0.5
+    pick = pick_setting([{**_row("habit", 0.38, 0.99), "greedy_balance": habit},
+                         {**_row("leaning", 0.40, 0.90), "greedy_balance": leaning}])
+    assert pick["label"] == "leaning"
+    assert pick["verdicts"][0].startswith("answers by habit: balanced accuracy of answered questions 49%, chance 50%")
+    alone = pick_setting([{**_row("habit", 0.38, 0.99), "greedy_balance": habit}])
+    assert alone["chosen"] is None and "answer by habit" in alone["reason"]
+    # Numbers (more than 10 golds) and a single gold have no balance.
+    assert answer_balance([{"gold": str(i), "prediction": str(i), "correct": True} for i in range(11)]) is None
+    assert answer_balance([{"gold": "yes", "prediction": "yes", "correct": True}]) is None
+    assert guesser_pass_at_k(2, 8) == pytest.approx(1 - 0.5 ** 8) and guesser_pass_at_k(5, 1) == pytest.approx(0.2)
+
+
 def test_setting_names():
     options = {"min_terms": 2, "max_terms": 3}
     assert setting_label(options) == "min_terms=2,max_terms=3" and setting_label({}) == "default"
@@ -95,6 +124,7 @@ def test_calibrate_tiny_random_writes_table_plot_and_resumes(tmp_path, monkeypat
         preds = [json.loads(line) for line in (folder / "zero_shot" / "predictions.jsonl").read_text().splitlines()]
         assert all(p["question"].count(" flips the coin.") == flips for p in preds) and len(preds) == 5
         assert all(p["gold"] == ("yes" if flips % 2 == 0 else "no") for p in preds)
+        assert row["greedy_balance"] is None  # one gold per setting here: nothing to balance
     saved = json.loads((out / "calibration.json").read_text())
     assert saved["chosen"] is None or saved["chosen"] in {r["label"] for r in saved["rows"]}
     table = (out / "calibration.md").read_text()
