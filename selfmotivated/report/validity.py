@@ -95,7 +95,7 @@ def _habit(v: dict) -> str | None:
     if below and above:
         return (f"The reward model prefers some answers whatever the question: among a question's own samples it "
                 f"favours the right ones when the gold is {', '.join(above)}, the wrong ones when it is "
-                f"{', '.join(below)}. PPO against it learns that preference, not the task.")
+                f"{', '.join(below)}. What it tells PPO about a question's answers does not depend on the question.")
     if within is not None and prior is not None and within <= prior:
         return (f"A scorer that knows only each sample's stated answer (or that it states none) orders a "
                 f"question's samples at least as well ({prior:.3f}) as the reward model ({within:.3f}): the "
