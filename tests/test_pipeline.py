@@ -74,6 +74,7 @@ def test_every_stage_runs_and_summary_has_all_models(smoke_run):
     # The reward stage's validity report: fresh samples of the training questions after PPO's own.
     validity = summary["reward_validity"]
     assert validity["n"] == 6 and validity["n_questions"] == 3 and "by_pair_type" in validity
+    assert {"answer_prior_within_question_auroc", "within_question_auroc_by_gold"} <= set(validity)
     samples = [json.loads(x) for x in (run / "reward" / "validity_samples.jsonl").read_text().splitlines()]
     assert len({r["id"] for r in samples}) == 3 and all(isinstance(r["score"], float) for r in samples)
     ppo_questions = {json.loads(x)["id"] for x in (run / "eval" / "base" / DATASET /
