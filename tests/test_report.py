@@ -359,6 +359,12 @@ def test_a_favourite_answer_is_named_and_a_spread_of_answers_is_not(tmp_path):
     assert ("A favourite answer on coin_flip: base, zero-shot CoT answers no in 36 of its 36 answers (100%; 50% "
             "of the gold answers are no). Such a model answers by habit") in md
     assert "favourite answer on gsm8k" not in md
+    # Side by side, the habit is named beside the SML-minus-SFT lines it would otherwise pass for.
+    other = make_run(tmp_path / "other", "other")
+    side = Path(make_report([str(run), str(other)], out=str(tmp_path / "both"), plots=False)["markdown"]).read_text()
+    assert (f"{run.name}, coin_flip: answers by habit (base, zero-shot CoT no in 36 of 36; 50% of the gold answers "
+            "are no)") in side
+    assert "other, coin_flip: answers by habit" not in side  # 30 answers, but all golds say what it says
 
 
 def test_failure_signatures_flag_reward_hacking_not_a_healthy_run():
