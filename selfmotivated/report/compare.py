@@ -14,7 +14,7 @@ from .config import ReportConfig
 from .plots import compare_plot
 from .runs import MODELS, Run, _get
 from .signals import failure_signatures, _thresholds
-from .single import favourite_answer, ppo_overview
+from .single import habit_rows, ppo_overview
 
 
 def _flatten(data, prefix: str = "") -> dict:
@@ -49,7 +49,7 @@ def compare_report(runs: list[Run], published: dict, config: ReportConfig,
                          f"{sum(v > 0 for _, v in diffs)} of {len(diffs)} runs).")
     for r in runs:
         for d in r.datasets:  # a row answering by habit: its accuracy measures the habit, not reasoning
-            habits = [(k, f) for k in _model_keys(r) if (f := favourite_answer(r.answers.get(k, {}).get(d, [])))]
+            habits = habit_rows(r, d)
             if habits:
                 said = "; ".join(f"{MODELS.get(k, k)} {top} in {count} of {n}" for k, (top, count, n, _) in habits)
                 items.append(f"{r.name}, {d}: answers by habit ({said}; {habits[0][1][3]:.0%} of the gold "

@@ -202,7 +202,7 @@ def validity_plot(run: Run, path: Path) -> Path | None:
     samples hatched). Right: the same within each question (score minus the mean score of its question's
     samples, over the questions with both a right and a wrong sample), which is all a per-question baseline
     leaves PPO: a score that only tells easy questions from hard ones separates the left panel, not this one."""
-    scores = run.validity_scores
+    scores = [(r["score"], r["correct"]) for r in run.validity_rows]
     if not scores:
         return None
     from ..metrics import auroc
@@ -210,7 +210,7 @@ def validity_plot(run: Run, path: Path) -> Path | None:
     value = _num(_get(run.validity, "auroc"))
     if value is None:  # no validity.json beside the samples: the same figure, from the samples
         value = auroc([s for s, _ in scores], [c for _, c in scores])
-    questions = run.validity_questions if len(run.validity_questions) == len(scores) else []
+    questions = [(r["id"], r["finished"]) for r in run.validity_rows]
     fig, axes = _figure(12.0 if questions else 7.0, 4.4, ncols=2 if questions else 1)
     ax = axes[0, 0]
     lo, hi = min(s for s, _ in scores), max(s for s, _ in scores)

@@ -51,9 +51,8 @@ class Run:
     checker_run: dict | None = None
     refused: dict = field(default_factory=dict)  # stage -> the gate's reason (PPO refused to start)
     validity: dict | None = None  # reward/validity.json (else summary.json's reward_validity)
-    validity_scores: list = field(default_factory=list)  # (score, correct) of reward/validity_samples.jsonl
-    validity_questions: list = field(default_factory=list)  # (question id, finished) of the same rows
-    validity_rows: list = field(default_factory=list)  # the same rows {id, score, correct, finished, prediction}
+    validity_rows: list = field(default_factory=list)  # reward/validity_samples.jsonl: {id, score, correct,
+    #                                                      finished, prediction}, rows with a score and a verdict
     missing: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # files that could not be read
 
@@ -260,8 +259,6 @@ def _load_stages(run: Run) -> None:
     run.validity = validity
     for row in _read_jsonl(path / "reward" / "validity_samples.jsonl", notes):
         if _num(row.get("score")) is not None and isinstance(row.get("correct"), bool):
-            run.validity_scores.append((float(row["score"]), row["correct"]))
-            run.validity_questions.append((str(row.get("id")), row.get("finished") is not False))
             run.validity_rows.append({"id": str(row.get("id")), "score": float(row["score"]),
                                       "correct": row["correct"], "finished": row.get("finished") is not False,
                                       "prediction": row.get("prediction")})

@@ -425,13 +425,18 @@ def _accuracy_facts(run: Run, published: dict) -> list[str]:
         if silent:
             items.append(f"No readable final answer on many {d} questions ({'; '.join(silent)}): check the "
                          "answer format and max_new_tokens before reading these accuracies as reasoning.")
-        habits = [(k, f) for k in _model_keys(run) if (f := favourite_answer(run.answers.get(k, {}).get(d, [])))]
+        habits = habit_rows(run, d)
         if habits:
             said = "; ".join(f"{MODELS.get(k, k)} answers {top} in {count} of its {n} answers ({count / n:.0%}; "
                              f"{gold:.0%} of the gold answers are {top})" for k, (top, count, n, gold) in habits)
             items.append(f"A favourite answer on {d}: {said}. Such a model answers by habit: its accuracy there "
                          "mostly measures how often the habit matches the gold, not its reasoning.")
     return items
+
+
+def habit_rows(run: Run, dataset: str) -> list[tuple[str, tuple]]:
+    """(model key, `favourite_answer`) for each model row of a run that answers `dataset` by habit."""
+    return [(k, f) for k in _model_keys(run) if (f := favourite_answer(run.answers.get(k, {}).get(dataset, [])))]
 
 
 def favourite_answer(pairs: list, max_labels: int = 10, min_answers: int = 20) -> tuple | None:
