@@ -362,8 +362,8 @@ def test_a_favourite_answer_is_named_and_a_spread_of_answers_is_not(tmp_path):
     # Side by side, the habit is named beside the SML-minus-SFT lines it would otherwise pass for.
     other = make_run(tmp_path / "other", "other")
     side = Path(make_report([str(run), str(other)], out=str(tmp_path / "both"), plots=False)["markdown"]).read_text()
-    assert (f"{run.name}, coin_flip: answers by habit (base, zero-shot CoT no in 36 of 36; 50% of the gold answers "
-            "are no)") in side
+    assert (f"{run.name}, coin_flip: answers by habit (base, zero-shot CoT no in 36 of 36, against 50% of the gold "
+            "answers)") in side
     assert "other, coin_flip: answers by habit" not in side  # 30 answers, but all golds say what it says
 
 
@@ -455,7 +455,8 @@ def test_sml_report_takes_every_report_setting_as_a_flag(tmp_path, capsys):
 
 def test_answers_plot_splits_accuracy_by_gold_answer(tmp_path):
     """A yes/no task: a model that always says yes is right on every yes question and on no no question."""
-    from selfmotivated.report.plots import accuracy_by_gold, answers_plot
+    from selfmotivated.report.answer_classes import accuracy_by_class
+    from selfmotivated.report.plots import answers_plot
     from selfmotivated.report.runs import load_run
 
     run = make_run(tmp_path)
@@ -465,9 +466,64 @@ def test_answers_plot_splits_accuracy_by_gold_answer(tmp_path):
              "correct": (answer or ("yes" if i % 3 else "no")) == ("yes" if i % 2 else "no"), "new_tokens": 9,
              "finish_reason": "stop"} for i in range(30)])
     loaded = load_run(run)
-    assert accuracy_by_gold(loaded.answers["sft"]["coin_flip"]) == {"yes": (15, 15), "no": (0, 15)}
-    assert accuracy_by_gold([("yes", "no"), (None, "no"), ("no", "no")]) == {"no": (1, 3)}
+    assert accuracy_by_class(loaded.answers["sft"]["coin_flip"]) == {"yes": (15, 15), "no": (0, 15)}
+    assert accuracy_by_class([("yes", "no"), (None, "no"), ("no", "no")]) == {"no": (1, 3)}
     assert answers_plot(loaded, tmp_path / "answers.png") == tmp_path / "answers.png"
     check_png(tmp_path / "answers.png")
     single = make_run(tmp_path / "one_label")  # every gold answer the same: nothing to split
     assert answers_plot(load_run(single), tmp_path / "none.png") is None
+
+
+def _signed_sums(n: int = 40):
+    """(question index, gold) of a numeric task whose golds are a quarter negative, like chain_sum's."""
+    return [(i, str(-(i + 1)) if i % 4 == 0 else str(i + 10)) for i in range(n)]
+
+
+def test_a_numeric_task_with_negative_golds_is_split_by_sign():
+    """A model that never writes a minus sign is right on no negative-gold question: named as a habit by sign."""
+    from selfmotivated.report.answer_classes import (
+        NEGATIVE, NOT_NEGATIVE, accuracy_by_class, answer_classifier, class_shares, same_answer, sign_class)
+
+    golds = [g for _, g in _signed_sums()]
+    assert answer_classifier(golds) is sign_class
+    assert answer_classifier([str(i) for i in range(40)]) is None  # one sign only: no classes
+    assert answer_classifier(golds[:1] + [str(i) for i in range(40)]) is None  # 1 in 41 negative: under 5%
+    assert answer_classifier(["yes", "no", "yes"])("yes") == "yes"
+    never_negative = [(g.lstrip("-"), g) for g in golds]  # right on the positive ones, sign dropped on the rest
+    assert accuracy_by_class(never_negative, sign_class) == {NEGATIVE: (0, 10), NOT_NEGATIVE: (30, 30)}
+    assert favourite_answer(never_negative) == (NOT_NEGATIVE, 40, 40, 0.75)
+    assert favourite_answer(list(zip(golds, golds))) is None  # signs spread like the golds'
+    minus_everywhere = [("-" + g.lstrip("-"), g) for g in golds]
+    assert favourite_answer(minus_everywhere) == (NEGATIVE, 40, 40, 0.25)
+    assert class_shares(minus_everywhere + [(None, "5")], sign_class) == (
+        {NEGATIVE: 1.0, NOT_NEGATIVE: 0.0}, {NEGATIVE: 10 / 41, NOT_NEGATIVE: 31 / 41})
+    assert same_answer("44", "44.0") and not same_answer("-44", "44") and not same_answer(None, "44")
+
+
+def test_report_names_a_sign_habit_and_plots_ppo_answers_drifting(tmp_path):
+    """chain_sum's failure in miniature: SFT never answers a negative number, and SML's PPO learns to answer
+    negative numbers everywhere. The report says the first in words and draws the second."""
+    from selfmotivated.report.plots import answer_drift_plot, answers_plot
+    from selfmotivated.report.runs import load_run
+
+    run = make_run(tmp_path)
+    sums = _signed_sums()
+    _write_jsonl(run / "eval" / "sft" / "sums" / "predictions.jsonl", [
+        {"id": f"s{i}", "prediction": g.lstrip("-"), "gold": g, "correct": not g.startswith("-"), "new_tokens": 9,
+         "finish_reason": "stop"} for i, g in sums])
+    for step, negative in ((0, 0), (5, 20), (10, 40)):  # the share of minus signs climbs to all
+        _write_jsonl(run / "ppo" / "eval" / f"step-{step:07d}" / "predictions.jsonl", [
+            {"id": f"h{i}", "prediction": ("-" if i < negative else "") + g.lstrip("-"), "gold": g,
+             "correct": False} for i, g in sums])
+    loaded = load_run(run)
+    assert [step for step, _ in loaded.ppo_eval_answers["ppo"]] == [0, 5, 10]
+    assert "ppo_checker" not in loaded.ppo_eval_answers
+    assert answers_plot(loaded, tmp_path / "answers.png") == tmp_path / "answers.png"
+    assert answer_drift_plot(loaded, tmp_path / "drift.png") == tmp_path / "drift.png"
+    check_png(tmp_path / "drift.png")
+    assert answer_drift_plot(load_run(make_run(tmp_path / "plain")), tmp_path / "none.png") is None
+    make_report([str(run)])
+    md = (run / "report.md").read_text()
+    assert ("A favourite answer on sums: SFT on self-generated rationales answers zero or a positive number in 40 "
+            "of its 40 answers (100%; 75% of the gold answers are zero or a positive number)") in md
+    assert "plots/answer_drift.png" in md

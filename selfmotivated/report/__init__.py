@@ -34,7 +34,8 @@ from .compare import compare_report
 from .config import ReportConfig
 from .runs import MODELS, Run, label_runs, load_published, load_run
 from .signals import Signal, failure_signatures, _thresholds
-from .single import facts, favourite_answer, single_report
+from .answer_classes import favourite_answer
+from .single import facts, single_report
 
 __all__ = ["MODELS", "ReportConfig", "Run", "Signal", "facts", "failure_signatures", "favourite_answer", "fmt_cell",
            "load_published", "load_run", "make_report", "run_report"]

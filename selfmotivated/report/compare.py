@@ -14,6 +14,7 @@ from .config import ReportConfig
 from .plots import compare_plot
 from .runs import MODELS, Run, _get
 from .signals import failure_signatures, _thresholds
+from .answer_classes import spoken
 from .single import habit_rows, ppo_overview
 
 
@@ -51,10 +52,10 @@ def compare_report(runs: list[Run], published: dict, config: ReportConfig,
         for d in r.datasets:  # a row answering by habit: its accuracy measures the habit, not reasoning
             habits = habit_rows(r, d)
             if habits:
-                said = "; ".join(f"{MODELS.get(k, k)} {top} in {count} of {n}" for k, (top, count, n, _) in habits)
-                items.append(f"{r.name}, {d}: answers by habit ({said}; {habits[0][1][3]:.0%} of the gold "
-                             f"answers are {habits[0][1][0]}): these rows' accuracy mostly measures how often the "
-                             "habit matches the gold.")
+                said = "; ".join(f"{MODELS.get(k, k)} {spoken(top)} in {count} of {n}, against {gold:.0%} of "
+                                 "the gold answers" for k, (top, count, n, gold) in habits)
+                items.append(f"{r.name}, {d}: answers by habit ({said}): these rows' accuracy mostly measures "
+                             "how often the habit matches the gold.")
         items += [f"{r.name}: {s.message}" for s in failure_signatures(r.ppo_log, **_thresholds(config))]
     blocks.append(Bullets(items) if items else Para("Nothing to compare yet.", "note"))
     blocks.append(Heading(1, "Missing"))

@@ -6,6 +6,9 @@ import math
 import statistics
 from pathlib import Path
 
+from .answer_classes import (
+    accuracy_by_class, answer_classifier, class_shares, same_answer, sign_class, spoken,
+)
 from .blocks import _model_keys
 from .runs import MODELS, Run, _get, _num, _pick_before_after
 from .signals import _series
@@ -364,47 +367,72 @@ def length_plot(run: Run, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def accuracy_by_gold(pairs: list) -> dict[str, tuple[int, int]]:
-    """gold answer -> (questions answered with it, questions) from (prediction, gold) pairs."""
-    out: dict[str, list[int]] = {}
-    for prediction, gold in pairs:
-        if gold is not None:
-            cell = out.setdefault(str(gold), [0, 0])
-            cell[0] += str(prediction) == str(gold)
-            cell[1] += 1
-    return {g: (right, n) for g, (right, n) in out.items()}
-
-
 def answers_plot(run: Run, path: Path, max_labels: int = 5) -> Path | None:
-    """For each test set with few gold answers (yes/no, choice letters): per model, the accuracy on the
-    questions of each gold answer. A model that reasons is right on all of them; one that answers by habit is
-    right on the habit's questions only, whatever its overall accuracy."""
+    """For each test set whose answers fall into a few classes (yes/no, choice letters; the sign on numeric tasks
+    with negative golds: `answer_classes`): per model, the accuracy on the questions of each class of gold
+    answer. A model that reasons is right on all of them; one that answers by habit is right on the habit's
+    questions only, whatever its overall accuracy."""
     import numpy as np
 
     panels = []
     for d in run.datasets:
         keys = [k for k in MODELS if run.answers.get(k, {}).get(d)]
-        golds = sorted({str(g) for k in keys for _, g in run.answers[k][d] if g is not None})
-        if keys and 2 <= len(golds) <= max_labels:
-            panels.append((d, keys, golds))
+        golds = [g for k in keys for _, g in run.answers[k][d]]
+        classify = answer_classifier(golds, max_labels)
+        if keys and classify is not None:
+            panels.append((d, keys, sorted({c for g in golds if (c := classify(g)) is not None}), classify))
     if not panels:
         return None
-    fig, axes = _figure(max(5.0, 1.2 * max(len(k) for _, k, _ in panels) + 2.5) * len(panels), 4.2, 1, len(panels))
-    for ax, (d, keys, golds) in zip(axes[0], panels):
+    fig, axes = _figure(max(5.0, 1.2 * max(len(p[1]) for p in panels) + 2.5) * len(panels), 4.2, 1, len(panels))
+    for ax, (d, keys, classes, classify) in zip(axes[0], panels):
         x = np.arange(len(keys))
-        width = 0.8 / len(golds)
-        split = {k: accuracy_by_gold(run.answers[k][d]) for k in keys}
-        for i, gold in enumerate(golds):
-            values = [100 * split[k][gold][0] / split[k][gold][1] if split[k].get(gold) else 0.0 for k in keys]
-            n = max(split[k].get(gold, (0, 0))[1] for k in keys)
-            ax.bar(x + (i - (len(golds) - 1) / 2) * width, values, width, label=f"gold {gold} (n={n})")
+        width = 0.8 / len(classes)
+        split = {k: accuracy_by_class(run.answers[k][d], classify) for k in keys}
+        for i, c in enumerate(classes):
+            values = [100 * split[k][c][0] / split[k][c][1] if split[k].get(c) else 0.0 for k in keys]
+            n = max(split[k].get(c, (0, 0))[1] for k in keys)
+            ax.bar(x + (i - (len(classes) - 1) / 2) * width, values, width, label=f"gold {spoken(c)} (n={n})")
         ax.set_xticks(x, [MODELS.get(k, k).split(" (")[0] for k in keys], rotation=20, ha="right", fontsize=7)
         ax.set_ylim(0, 100)
         ax.set_ylabel("% right on questions with this gold answer")
-        ax.set_title(f"{d}: accuracy by gold answer", fontsize=9)
+        ax.set_title(f"{d}: accuracy by {'gold sign' if classify is sign_class else 'gold answer'}", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Reasoning or habit? Accuracy split by the gold answer")
+    return _save(fig, path)
+
+
+def answer_drift_plot(run: Run, path: Path, max_labels: int = 5) -> Path | None:
+    """For each PPO run with held-out evaluations (SML's, the checker control's): the share of its answers in each
+    class (`answer_classes`) at each evaluated iteration, dashed at the gold answers' share, with the accuracy.
+    PPO that learns a habit shows as one class's share climbing to 100% while accuracy falls toward that
+    class's share of the golds."""
+    panels = []
+    for key, name in (("ppo", "SML's PPO"), ("ppo_checker", "PPO against the checker")):
+        steps = run.ppo_eval_answers.get(key) or []
+        classify = answer_classifier([g for _, pairs in steps for _, g in pairs], max_labels)
+        if len(steps) >= 2 and classify is not None:
+            panels.append((name, steps, classify))
+    if not panels:
+        return None
+    fig, axes = _figure(5.2 * len(panels), 3.8, 1, len(panels))
+    for ax, (name, steps, classify) in zip(axes[0], panels):
+        xs = [step for step, _ in steps]
+        shares = [class_shares(pairs, classify) for _, pairs in steps]
+        classes = sorted({c for given, golds in shares for c in (*given, *golds)})
+        for i, c in enumerate(classes):
+            ax.plot(xs, [100 * given.get(c, 0.0) for given, _ in shares], marker="o", color=f"C{i}",
+                    label=f"answers {spoken(c)}")
+            ax.axhline(100 * shares[0][1].get(c, 0.0), color=f"C{i}", linestyle="--", linewidth=1)
+        accuracy = [100 * sum(same_answer(p, g) for p, g in pairs) / len(pairs) for _, pairs in steps]
+        ax.plot(xs, accuracy, marker="s", color="black", label="accuracy")
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("PPO iteration")
+        ax.set_ylabel("% of held-out questions")
+        ax.set_title(f"{name}: answers by class (dashed: share of the golds)", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Does PPO learn a habit? The spread of its answers during training")
     return _save(fig, path)
 
 

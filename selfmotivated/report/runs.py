@@ -48,6 +48,8 @@ class Run:
     ppo_log: list = field(default_factory=list)
     ppo_run: dict | None = None
     checker_log: list = field(default_factory=list)  # ppo_checker/metrics.jsonl: PPO against the checker
+    # "ppo" / "ppo_checker" -> [(iteration, [(prediction, gold)])] from <stage>/eval/step-N/predictions.jsonl
+    ppo_eval_answers: dict = field(default_factory=dict)
     checker_run: dict | None = None
     refused: dict = field(default_factory=dict)  # stage -> the gate's reason (PPO refused to start)
     validity: dict | None = None  # reward/validity.json (else summary.json's reward_validity)
@@ -276,6 +278,14 @@ def _load_stages(run: Run) -> None:
     if "ppo_checker" in controls_configured(run) and not run.checker_log and "ppo_checker" not in run.refused:
         missing.append("ppo_checker's PPO log (ppo_checker/metrics.jsonl): "
                        f"{_why_absent(run, 'ppo_checker')}")
+    for stage in ("ppo", "ppo_checker"):
+        steps = []
+        for folder in sorted((path / stage / "eval").glob("step-*")):
+            rows = _read_jsonl(folder / "predictions.jsonl", notes)
+            if rows and folder.name[5:].isdigit():
+                steps.append((int(folder.name[5:]), [(r.get("prediction"), r.get("gold")) for r in rows]))
+        if steps:
+            run.ppo_eval_answers[stage] = steps
     for stage, info in run.stages.items():
         status = _get(info, "status", default="unknown")
         if status == "refused":

@@ -6,17 +6,18 @@ import datetime
 import json
 import logging
 import statistics
-from collections import Counter
 from pathlib import Path
 
 from .blocks import (
     Bullets, Code, Heading, Image, Para, Table, fmt_cell, fmt_seconds, _has, _model_keys, num, _overlap,
     pct, _published_cells, _published_label, _published_shown, _published_sources,
 )
+from .answer_classes import favourite_answer, spoken
 from .config import ReportConfig
 from .paired import paired_blocks
 from .plots import (
-    COLORS, accuracy_plot, answers_plot, length_plot, ppo_plot, ppo_signals_plot, reward_score_plot,
+    COLORS, accuracy_plot, answer_drift_plot, answers_plot, length_plot, ppo_plot, ppo_signals_plot,
+    reward_score_plot,
 )
 from .ppo_signals import ppo_logs, signal_tables
 from .runs import (
@@ -362,7 +363,11 @@ def _plots_section(run: Run, published, config, plot_dir) -> list:
         (length_plot(run, plot_dir / "response_length.png"),
          "Response length before and after PPO (test outputs), and during PPO (rollouts)"),
         (answers_plot(run, plot_dir / "answers_by_gold.png"),
-         "Accuracy by gold answer on tasks with few answers: a model answering by habit is right on one side only"),
+         "Accuracy by gold answer on tasks with few answers (by the gold's sign on numeric tasks with negative "
+         "golds): a model answering by habit is right on one side only"),
+        (answer_drift_plot(run, plot_dir / "answer_drift.png"),
+         "PPO's held-out answers by class at each evaluated iteration (dashed: the golds' share): a habit PPO "
+         "learns shows as one class taking over"),
     ]
     blocks = [Image(path, caption) for path, caption in made if path is not None]
     if len(blocks) < len(made):
@@ -427,8 +432,9 @@ def _accuracy_facts(run: Run, published: dict) -> list[str]:
                          "answer format and max_new_tokens before reading these accuracies as reasoning.")
         habits = habit_rows(run, d)
         if habits:
-            said = "; ".join(f"{MODELS.get(k, k)} answers {top} in {count} of its {n} answers ({count / n:.0%}; "
-                             f"{gold:.0%} of the gold answers are {top})" for k, (top, count, n, gold) in habits)
+            said = "; ".join(f"{MODELS.get(k, k)} answers {spoken(top)} in {count} of its {n} answers "
+                             f"({count / n:.0%}; {gold:.0%} of the gold answers are {spoken(top)})"
+                             for k, (top, count, n, gold) in habits)
             items.append(f"A favourite answer on {d}: {said}. Such a model answers by habit: its accuracy there "
                          "mostly measures how often the habit matches the gold, not its reasoning.")
     return items
@@ -437,22 +443,6 @@ def _accuracy_facts(run: Run, published: dict) -> list[str]:
 def habit_rows(run: Run, dataset: str) -> list[tuple[str, tuple]]:
     """(model key, `favourite_answer`) for each model row of a run that answers `dataset` by habit."""
     return [(k, f) for k in _model_keys(run) if (f := favourite_answer(run.answers.get(k, {}).get(dataset, [])))]
-
-
-def favourite_answer(pairs: list, max_labels: int = 10, min_answers: int = 20) -> tuple | None:
-    """(answer, times given, answers given, its share of the gold answers) when one answer dominates a model's
-    (prediction, gold) pairs on a task with few possible answers (choice letters, yes/no), else None.
-    Dominates: its share of the answers is more than halfway from its share of the gold answers to all."""
-    golds = Counter(str(g) for _, g in pairs if g is not None)
-    answered = Counter(str(p) for p, _ in pairs if p is not None)
-    n = sum(answered.values())
-    if n < min_answers or not golds or len(golds) > max_labels:
-        return None
-    top, count = answered.most_common(1)[0]
-    gold_share = golds.get(top, 0) / sum(golds.values())
-    if count / n <= (1 + gold_share) / 2:
-        return None
-    return top, count, n, gold_share
 
 
 def _data_facts(run: Run, config: ReportConfig) -> list[str]:
