@@ -59,7 +59,8 @@ from .training import (
 log = logging.getLogger(__name__)
 
 PAIR_KEYS = ("question_id", "prompt", "chosen", "rejected", "chosen_tier", "rejected_tier")
-PROVENANCE = {"gold": 2, "free": 1, "policy": 1, "wrong": 0}  # the provenance-only baseline's scores
+# the provenance-only baseline's scores
+PROVENANCE = {"gold": 2, "free": 1, "policy": 1, "wrong": 0, "edited": 0}
 DEFAULT_LR = {"full": 1e-5, "lora": 1e-4}
 REWARD_META = "reward_model.json"
 
@@ -84,6 +85,11 @@ class RewardConfig(TrainConfig):
                 "its wrong ones (pair type policy>policy): the population PPO shows the reward model"})
     policy_pairs_per_question: int = field(default=16, metadata={
         "help": "at most this many policy pairs a question (a seeded subsample)"})
+    answer_edits: int = field(default=0, metadata={
+        "help": "also train on edited copies of the right responses (numbers): per right response up to this many "
+                "copies with its answer changed to a wrong one everywhere in the text, ranked below it (pair type "
+                "right>edited; the negated answer first when the golds have both signs): the answer alone "
+                "separates such a pair (rationales/edits.py). 0: none"})
     share_prompt: bool = field(default=True, metadata={
         "help": "encode a question's prompt once for all its responses (the same scores and gradients up to float "
                 "rounding, tested; with lora_dropout > 0 the responses share one dropout draw on the prompt); "
@@ -121,6 +127,8 @@ class RewardConfig(TrainConfig):
             raise ValueError(f"validity_temperature must be > 0 (fresh samples), got {self.validity_temperature}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.answer_edits < 0:
+            raise ValueError(f"answer_edits must be >= 0, got {self.answer_edits}")
         if self.policy_pairs_per_question < 1:
             raise ValueError(f"policy_pairs_per_question must be >= 1, got {self.policy_pairs_per_question}")
         if self.bon_n < 0:
@@ -149,7 +157,8 @@ class QuestionGroup:
 
 
 def load_pair_rows(config: RewardConfig) -> list[dict]:
-    """The rank's pairs (or a pair file), plus the policy's own pairs when `policy_pairs` names them."""
+    """The rank's pairs (or a pair file), plus the policy's own pairs when `policy_pairs` names them, plus
+    answer-edited copies of the right responses when `answer_edits` asks for them."""
     from .rationales import load_pairs
 
     rows = load_rows(config.train_file, config.run_dir, PAIR_KEYS, load_pairs, "pair",
@@ -160,6 +169,10 @@ def load_pair_rows(config: RewardConfig) -> list[dict]:
 
         rows += merge_policy_pairs(rows, policy_pairs(config.policy_pairs, config.policy_pairs_per_question,
                                                       config.seed))
+    if config.answer_edits:
+        from .rationales.edits import answer_edit_pairs
+
+        rows += merge_policy_pairs(rows, answer_edit_pairs(rows, config.answer_edits, config.seed))
     return rows
 
 

@@ -52,7 +52,8 @@ RESUMABLE_KEYS = ("resume", "stop_after_steps", "progress", "log_steps", "save_s
                   "reuse_sampler_logprobs", "share_prompts", "pack_weights")
 # Settings added after runs were made, at the value that keeps the behaviour those runs had: a run recorded
 # without the key resumes when the key has that value (the pipeline's fingerprints follow the same rule).
-ADDED_LATER = {"minibatch_by_question": False, "policy_pairs": None, "policy_pairs_per_question": 16}
+ADDED_LATER = {"minibatch_by_question": False, "policy_pairs": None, "policy_pairs_per_question": 16,
+               "answer_edits": 0}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -429,3 +429,28 @@ def test_reward_model_learns_from_policy_pairs(tiny_dir, tmp_path):
     assert record["data"]["pair_rows"] == 400 + 200 * 2
     with pytest.raises(ValueError, match="policy_pairs_per_question"):
         config(tiny_dir, tmp_path, policy_pairs=folder, policy_pairs_per_question=0)
+
+
+def test_answer_edits_teach_the_reward_model_what_the_rank_left_to_a_sign(tiny_dir, tmp_path):
+    """The rank of a signed toy task has a shortcut: every negative answer it holds is a right one (the model
+    never wrote a wrong negative number). Its edited copies put the negated answer below the right one, and the
+    reward model learns those pairs too; the setting is counted, and checked."""
+    signed = {"spider": 8, "dog": -4, "bird": 2, "snake": -6, "ant": 6}
+    rng = random.Random(0)
+    path = tmp_path / "signed.jsonl"
+    with open(path, "w") as fh:
+        for i in range(100):
+            animal = list(signed)[i % len(signed)]
+            right = signed[animal]
+            for wrong in rng.sample([x for x in range(10) if x != abs(right)], 2):
+                fh.write(json.dumps(row(f"q{i}", f" {right} legs. The answer is {right}.",
+                                        f" {wrong} legs. The answer is {wrong}.", prompt=f"Q{i}: {animal}?\nA:")) + "\n")
+    metrics = run_reward(config(tiny_dir, tmp_path, train_file=str(path), answer_edits=1))
+    by_type = metrics["heldout"]["accuracy_by_pair_type"]
+    edited = {t: v for t, v in by_type.items() if t.endswith(">edited")}
+    assert sum(v["n_pairs"] for v in edited.values()) == 20  # one edit of each held-out question's right text
+    assert all(v["accuracy"] >= 0.8 for v in edited.values())
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["data"]["pair_rows"] == 200 + 100
+    with pytest.raises(ValueError, match="answer_edits must be >= 0"):
+        config(tiny_dir, tmp_path, answer_edits=-1)

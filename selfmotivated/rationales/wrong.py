@@ -50,7 +50,9 @@ def own_wrong_answers(example: Example, free_answers: Iterable[str | None]) -> l
     return out
 
 
-def _number_candidates(gold: str, rng: random.Random) -> list[str]:
+def _number_candidates(gold: str, rng: random.Random, allow_negative: bool = False) -> list[str]:
+    """Wrong numbers near `gold`, round-robin over the kinds of slip; negative ones for a non-negative gold only
+    when `allow_negative` (a task whose answers have both signs)."""
     value = Fraction(canonical_number(gold))
     near = [value + d for d in (1, -1, 2, -2, 10, -10)]
     scaled = [value * 2, value / 2]
@@ -71,7 +73,7 @@ def _number_candidates(gold: str, rng: random.Random) -> list[str]:
         for group in (near, scaled, swapped)
         if i < len(group)
     ]
-    if value >= 0:  # a count or a price: a negative answer is not plausible
+    if value >= 0 and not allow_negative:  # a count or a price: a negative answer is not plausible
         pool = [x for x in pool if x >= 0]
     return [canonical_number(str(x)) for x in pool]
 
