@@ -14,6 +14,10 @@ and measures how well the score separates what our answer checker calls right fr
   answers whatever the question, a habit PPO would learn, not a check of the reasoning;
 - within_question_auroc_by_gold: on tasks with few possible answers (yes/no, choices), the within-question
   AUROC over the questions of each gold answer: a habit is right on one side and wrong on the other;
+- answer_edit_probe (numeric tasks): how often the reward model scores a right sample above the same text
+  with its answer edited to a wrong one (`rationales/edits.py`), by edit: the negated answer (when the golds
+  have both signs) and another wrong number. A checker of the answer puts the original above nearly always; a
+  reward model that likes a minus sign puts the negated copy above, and PPO will find that (chain_sum);
 - pairwise accuracy by pair type on the held-out pairs, and the accuracy of a provenance-only scorer
   (gold-hinted > free > wrong-hinted) on those pairs, from the reward stage's held-out metrics.
 
@@ -224,11 +228,86 @@ def sample_and_score(policy: str, reward_model_dir: str | Path, examples: Sequen
     return rows
 
 
-def write_validity_report(out: Path, rows: Sequence[dict], heldout_pairs: dict | None, settings: dict) -> dict:
-    """OUT/validity.json (figures + the held-out pair metrics by type) and OUT/validity_samples.jsonl."""
+def _negated(number: str) -> str:
+    return number[1:] if number.startswith("-") else "-" + number
+
+
+def answer_edit_items(rows: Sequence[dict], examples: Sequence, seed: int = 0) -> list[tuple[str, str, str, str]]:
+    """(question id, edit kind, response, edited response) for each right, finished sample of a numeric question:
+    its response as the reward model reads it (`reward_views`) with the answer negated (kind "negated", when the
+    examples' golds have both signs) and changed to another wrong number ("other")."""
+    from .rationales.edits import edit_answer, wrong_numbers
+    from .rationales.rank import reward_views
+    from .records import canonical_number
+
+    by_id = {ex.id: ex for ex in examples}
+    golds = set()
+    for ex in examples:
+        if ex.answer_type == "number":
+            try:
+                golds.add(canonical_number(ex.gold))
+            except ValueError:
+                pass
+    signed = any(g.startswith("-") for g in golds) and any(not g.startswith("-") for g in golds)
+    items = []
+    for r in rows:
+        ex = by_id.get(r["id"])
+        if ex is None or ex.answer_type != "number" or not r["correct"] or r.get("prediction") is None:
+            continue
+        (view,), (finished,) = reward_views([r["text"]], [ex], [not r.get("finished", True)])
+        if not finished:
+            continue
+        answer = canonical_number(r["prediction"])
+        for wrong in wrong_numbers(answer, 2 if signed else 1, signed, (seed, r["id"], r.get("sample"))):
+            edited = edit_answer(view, answer, wrong)
+            if edited is not None:
+                items.append((ex.id, "negated" if wrong == _negated(answer) else "other", view, edited))
+    return items
+
+
+def answer_edit_probe(items: Sequence[tuple[str, str, str, str]], original_scores: Sequence[float],
+                      edited_scores: Sequence[float]) -> dict | None:
+    """{edit kind: {"original_above": share of edits the original outscores (ties half), "n"}}; None without edits."""
+    out: dict[str, list[float]] = {}
+    for (_, kind, _, _), original, edited in zip(items, original_scores, edited_scores, strict=True):
+        out.setdefault(kind, []).append(1.0 if original > edited else 0.5 if original == edited else 0.0)
+    return {kind: {"original_above": statistics.fmean(v), "n": len(v)} for kind, v in sorted(out.items())} or None
+
+
+def score_answer_edits(reward_model_dir: str | Path, rows: Sequence[dict], examples: Sequence, *, prompt: str,
+                       chat: str, templates: str | None, seed: int = 0, device: str | None = None) -> dict | None:
+    """The answer-edit probe of sample rows: each right sample and its edited copies scored by the reward model
+    in one pass (None: no numeric question has a right sample to edit)."""
+    items = answer_edit_items(rows, examples, seed)
+    if not items:
+        return None
+    import torch
+
+    from .prompts import build_prompt, load_templates
+    from .reward import load_reward_model, score_texts
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_reward_model(reward_model_dir, device=device)
+    by_id = {ex.id: ex for ex in examples}
+    loaded = load_templates(templates)
+    prompts = {qid: build_prompt(by_id[qid], tokenizer, style=prompt, chat=chat, templates=loaded)
+               for qid in dict.fromkeys(qid for qid, _, _, _ in items)}
+    originals = list(dict.fromkeys((qid, view) for qid, _, view, _ in items))
+    scored = score_texts(model, tokenizer, [prompts[q] for q, _ in originals] + [prompts[q] for q, *_ in items],
+                         [v for _, v in originals] + [e for *_, e in items])
+    original_score = dict(zip(originals, scored[:len(originals)]))
+    return answer_edit_probe(items, [original_score[(q, v)] for q, _, v, _ in items], scored[len(originals):])
+
+
+def write_validity_report(out: Path, rows: Sequence[dict], heldout_pairs: dict | None, settings: dict,
+                          edit_probe: dict | None = None) -> dict:
+    """OUT/validity.json (figures + the held-out pair metrics by type + the answer-edit probe) and
+    OUT/validity_samples.jsonl."""
     from .training import write_json
 
     report = validity_figures(rows)
+    if edit_probe:
+        report["answer_edit_probe"] = edit_probe
     if heldout_pairs:
         report["pairwise_accuracy"] = heldout_pairs.get("pairwise_accuracy")
         report["by_pair_type"] = heldout_pairs.get("accuracy_by_pair_type", {})
@@ -249,14 +328,19 @@ def run_validity(out: Path, reward_model_dir: Path, policy: str, examples: Seque
                 "seed": seed, "reward_model": str(reward_model_dir)}
     old = out / VALIDITY_FILE
     if old.is_file() and (out / SAMPLES_FILE).is_file():
-        if json.loads(old.read_text()).get("settings") == settings:
+        before = json.loads(old.read_text())
+        if before.get("settings") == settings:
             rows = [json.loads(line) for line in (out / SAMPLES_FILE).read_text().splitlines() if line.strip()]
-            return write_validity_report(out, rows, heldout_pairs, settings)
+            probe = before.get("answer_edit_probe") or score_answer_edits(
+                reward_model_dir, rows, examples, prompt=prompt, chat=chat, templates=templates, seed=seed)
+            return write_validity_report(out, rows, heldout_pairs, settings, probe)
     t0 = time.perf_counter()
     rows = sample_and_score(policy, reward_model_dir, examples, n=n, temperature=temperature,
                             max_new_tokens=max_new_tokens, prompt=prompt, chat=chat, templates=templates, seed=seed,
                             progress=progress)
-    report = write_validity_report(out, rows, heldout_pairs, settings)
+    probe = score_answer_edits(reward_model_dir, rows, examples, prompt=prompt, chat=chat, templates=templates,
+                               seed=seed)
+    report = write_validity_report(out, rows, heldout_pairs, settings, probe)
     log.info("reward validity: AUROC %s on %d fresh samples of %d held-out training questions (%.0f s)",
              report["auroc"], report["n"], report["n_questions"], time.perf_counter() - t0)
     return report
@@ -275,6 +359,9 @@ def format_validity(report: dict) -> str:
         parts = [f"gold {gold}: {f(v['auroc'])} ({v['n_questions']} questions)"
                  for gold, v in report["within_question_auroc_by_gold"].items()]
         lines.append("within-question AUROC by gold answer: " + ", ".join(parts))
+    if report.get("answer_edit_probe"):
+        parts = [f"{kind} {f(v['original_above'])} (n={v['n']})" for kind, v in report["answer_edit_probe"].items()]
+        lines.append("right samples scored above their answer-edited copies: " + ", ".join(parts))
     if report.get("by_pair_type"):
         parts = [f"{t} {f(v['accuracy'])} (n={v['n_pairs']})" for t, v in report["by_pair_type"].items()]
         lines.append("held-out pairs by type: " + ", ".join(parts)

@@ -452,5 +452,16 @@ def test_answer_edits_teach_the_reward_model_what_the_rank_left_to_a_sign(tiny_d
     assert all(v["accuracy"] >= 0.8 for v in edited.values())
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["data"]["pair_rows"] == 200 + 100
+    # The validity report's probe scores right samples against their edited copies with the saved model.
+    from selfmotivated.validity import score_answer_edits
+
+    examples = [Example(id=f"e{i}", question=f"Legs of a {a}?", gold=str(n), answer_type="number")
+                for i, (a, n) in enumerate(signed.items())]
+    samples = [{"id": ex.id, "sample": 0, "text": f" {ex.gold} legs. The answer is {ex.gold}.",
+                "prediction": ex.gold, "correct": True, "finished": True} for ex in examples]
+    probe = score_answer_edits(tmp_path / "out" / "model", samples, examples, prompt="zero_shot", chat="auto",
+                               templates=None)
+    assert probe["negated"]["n"] == 5 and probe["other"]["n"] == 5
+    assert 0.0 <= probe["negated"]["original_above"] <= 1.0
     with pytest.raises(ValueError, match="answer_edits must be >= 0"):
         config(tiny_dir, tmp_path, answer_edits=-1)

@@ -143,3 +143,38 @@ def test_answer_figures_skip_numbers_and_rows_without_predictions():
     no_predictions = [{k: v for k, v in r.items() if k != "prediction"} for r in rows]
     assert answer_prior_within_question_auroc(no_predictions) is None
     assert within_question_auroc_by_gold(no_predictions) is None
+
+
+def test_answer_edit_probe_tells_a_sign_liking_from_a_check():
+    """Right samples of a signed numeric task, edited to the negated answer and to another wrong number: a scorer
+    that likes a minus sign ranks the negated copies above the originals, a checker of the answer below."""
+    from selfmotivated.records import Example
+    from selfmotivated.report.validity import _habit
+    from selfmotivated.validity import answer_edit_items, answer_edit_probe
+
+    examples = [Example(id="a", question="3 + 4 =", gold="7", answer_type="number"),
+                Example(id="b", question="2 - 9 =", gold="-7", answer_type="number"),
+                Example(id="c", question="Is it?", gold="yes", answer_type="yes_no")]
+    rows = [{"id": "a", "sample": 0, "text": " 3 + 4 = 7. The answer is 7.", "prediction": "7", "correct": True},
+            {"id": "a", "sample": 1, "text": " 3 + 4 = 8. The answer is 8.", "prediction": "8", "correct": False},
+            {"id": "b", "sample": 0, "text": " 2 - 9 = -7. The answer is -7.\nMore text", "prediction": "-7",
+             "correct": True},
+            {"id": "b", "sample": 1, "text": " It is 7 The answer is 7 and", "prediction": "7", "correct": True,
+             "finished": False},  # read as PPO reads it: ends at the answer line, finished
+            {"id": "c", "sample": 0, "text": " The answer is yes.", "prediction": "yes", "correct": True}]
+    items = answer_edit_items(rows, examples)
+    assert [(q, kind) for q, kind, _, _ in items] == [("a", "negated"), ("a", "other"), ("b", "negated"),
+                                                      ("b", "other"), ("b", "negated"), ("b", "other")]
+    assert items[0][2:] == ("3 + 4 = 7. The answer is 7.", "3 + 4 = -7. The answer is -7.")
+    assert items[2][3] == "2 - 9 = 7.\nMore text The answer is 7."  # as the reward model reads it: answer line last
+
+    def minus(text):
+        return 1.0 if "-" in text.split("The answer is")[-1] else 0.0
+
+    liking = answer_edit_probe(items, [minus(v) for _, _, v, _ in items], [minus(e) for *_, e in items])
+    assert liking["negated"]["original_above"] == pytest.approx(1 / 3) and liking["negated"]["n"] == 3
+    assert "likes the sign" in _habit({"answer_edit_probe": liking})
+    check = answer_edit_probe(items, [1.0] * len(items), [0.0] * len(items))
+    assert check == {"negated": {"original_above": 1.0, "n": 3}, "other": {"original_above": 1.0, "n": 3}}
+    assert _habit({"answer_edit_probe": check}) is None
+    assert answer_edit_items(rows[-1:], examples) == [] and answer_edit_probe([], [], []) is None

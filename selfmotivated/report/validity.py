@@ -85,6 +85,9 @@ def _answer_figures(run: Run, v: dict) -> dict:
             "within_question_auroc_by_gold": within_question_auroc_by_gold(run.validity_rows)}
 
 
+_EDIT_WORDS = {"negated": "negated", "other": "changed to another wrong number"}
+
+
 def _habit(v: dict) -> str | None:
     """A sentence when the within-question AUROC looks like a preference for some answers, not a check."""
     within, prior = _num(v.get("within_question_auroc")), _num(v.get("answer_prior_within_question_auroc"))
@@ -96,6 +99,11 @@ def _habit(v: dict) -> str | None:
         return (f"The reward model prefers some answers whatever the question: among a question's own samples it "
                 f"favours the right ones when the gold is {', '.join(above)}, the wrong ones when it is "
                 f"{', '.join(below)}. What it tells PPO about a question's answers does not depend on the question.")
+    negated = _num(_get(v, "answer_edit_probe", "negated", "original_above"))
+    if negated is not None and negated < 0.5:
+        return (f"The reward model scores a right sample below the same text with its answer negated in "
+                f"{100 * (1 - negated):.0f}% of cases: it likes the sign of an answer, not its correctness, and "
+                "PPO can raise its score by changing signs.")
     if within is not None and prior is not None and within <= prior:
         return (f"A scorer that knows only each sample's stated answer (or that it states none) orders a "
                 f"question's samples at least as well ({prior:.3f}) as the reward model ({within:.3f}): the "
@@ -127,6 +135,9 @@ def _figures(run: Run, v: dict, pairwise: float | None, provenance: float | None
         *([f"within-question AUROC, questions whose gold is {gold}", f"{num(_get(g, 'auroc'))} over "
            f"{_get(g, 'n_questions', default='n/a')} questions"]
           for gold, g in (v.get("within_question_auroc_by_gold") or {}).items()),
+        *([f"right samples scored above their copy with the answer {_EDIT_WORDS.get(kind, kind)} (%)",
+           f"{pct(_get(e, 'original_above'))} of {_get(e, 'n', default='n/a')}"]
+          for kind, e in (v.get("answer_edit_probe") or {}).items()),
         ["mean score of right samples", num(v.get("mean_score_correct"))],
         ["mean score of wrong samples", num(v.get("mean_score_wrong"))],
         ["samples cut at the token limit (%)", pct(v.get("truncated_frac"))],
