@@ -369,6 +369,22 @@ def test_reward_validity_gate(tmp_path):
     habit["within_question_auroc_by_gold"]["yes"]["n_questions"] = 9
     (tmp_path / "reward" / "validity.json").write_text(json.dumps(habit))
     assert check_reward_validity(model, 0.55, within_question=True)["within_question_auroc"] == 0.67
+    # chain_sum's policy-pairs reward model: 0.68 within a question on the SFT model's samples (which never state a
+    # negative number), but every right held-out sample scored below its copy with the answer negated.
+    sign = {**report, "within_question_auroc": 0.68,
+            "answer_edit_probe": {"negated": {"original_above": 0.0, "n": 109},
+                                  "other": {"original_above": 0.477, "n": 109}}}
+    (tmp_path / "reward" / "validity.json").write_text(json.dumps(sign))
+    with pytest.raises(RewardModelInvalid, match=r"does not check answers: .* answer negated in 0\.000 of 109"):
+        check_reward_validity(model, 0.55, within_question=True)
+    sign["answer_edit_probe"]["negated"] = {"original_above": 0.95, "n": 109}
+    (tmp_path / "reward" / "validity.json").write_text(json.dumps(sign))
+    with pytest.raises(RewardModelInvalid, match=r"changed to another wrong number in 0\.477 of 109"):
+        check_reward_validity(model, 0.55, within_question=True)
+    sign["answer_edit_probe"]["other"] = {"original_above": 0.2, "n": 9}  # too few edits to read
+    (tmp_path / "reward" / "validity.json").write_text(json.dumps(sign))
+    assert check_reward_validity(model, 0.55, within_question=True)["within_question_auroc"] == 0.68
+    assert check_reward_validity(model, 0.0) is None
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -56,6 +56,18 @@ def gate_figure(report: dict, within_question: bool) -> tuple[float | None, str]
     return report.get("auroc"), "AUROC"
 
 
+def edit_figure(report: dict) -> tuple[float | None, str | None, int]:
+    """(share, edit kind, edits) of the answer-edit probe's weakest kind with enough edits: how often the reward
+    model scores a right held-out sample above the same text with its answer edited (validity.py). A pairwise
+    probability like an AUROC, read against the same threshold; (None, None, 0) when the report has no probe."""
+    kinds = {kind: e for kind, e in (report.get("answer_edit_probe") or {}).items()
+             if e.get("original_above") is not None and e.get("n", 0) >= MIN_QUESTIONS_WITH_BOTH}
+    if not kinds:
+        return None, None, 0
+    kind = min(kinds, key=lambda k: kinds[k]["original_above"])
+    return kinds[kind]["original_above"], kind, kinds[kind]["n"]
+
+
 def check_reward_validity(reward_path: str | Path, min_auroc: float, within_question: bool = False) -> dict | None:
     """Refuse (RewardModelInvalid) when the reward model's validity report, from fresh samples of held-out
     training questions, says its score does not follow the answer checker: the AUROC is below min_auroc.
@@ -97,4 +109,16 @@ def check_reward_validity(reward_path: str | Path, min_auroc: float, within_ques
             f"the reward model {reward_path} does not track correctness: {what.format(shown=shown)}, below "
             f"min_reward_auroc={min_auroc} ({path}). {why}PPO against it would optimise noise; retrain it, or "
             f"pass --min-reward-auroc 0 (ppo.min_reward_auroc: 0) to run anyway", report)
+    # Why also this: the within-question AUROC is measured on the policy's own samples, and an answer the policy
+    # never writes (chain_sum's SFT model wrote no negative number) is absent from them, however much the reward
+    # model likes it. The edited copies put such answers in front of it.
+    share, kind, n = edit_figure(report)
+    if share is not None and share < min_auroc:
+        how = {"negated": "negated"}.get(kind, "changed to another wrong number")
+        raise RewardModelInvalid(
+            f"the reward model {reward_path} does not check answers: it scores a right held-out sample above the "
+            f"same text with its answer {how} in {share:.3f} of {n} cases, below min_reward_auroc={min_auroc} "
+            f"({path}, answer_edit_probe). PPO against it would learn to change answers, not to reason; retrain "
+            "it (reward.answer_edits), or pass --min-reward-auroc 0 (ppo.min_reward_auroc: 0) to run anyway",
+            report)
     return report

@@ -37,7 +37,7 @@ def auroc_interval(value: float | None, n_right, n_wrong) -> tuple[float, float]
 def _gate(run: Run, v: dict) -> str:
     """PPO's gate: its threshold and what it decided (or would decide) on the figure it reads (ppo/gate.py:
     the within-question AUROC with a per-question baseline, rloo, the default; else the overall AUROC)."""
-    from ..ppo.gate import gate_figure
+    from ..ppo.gate import edit_figure, gate_figure
 
     value, which = gate_figure(v, (_get(run.config, "ppo", "advantage") or "rloo") == "rloo")
     value = _num(value)
@@ -59,6 +59,10 @@ def _gate(run: Run, v: dict) -> str:
         overall = _num(v.get("auroc"))
         verdict += (f" (PPO ran: the gate of the version that started it read the overall AUROC, {num(overall)})"
                     if which != "AUROC" and overall is not None and overall >= threshold else " (PPO ran anyway)")
+    edits, kind, n = edit_figure(v)
+    if edits is not None:
+        verdict += (f"; the answer-edit probe ({kind}, {n} edits) {edits:.3f}: "
+                    f"{'passes' if edits >= threshold else 'below it'}")
     return f"min_reward_auroc {threshold:.2f} on the {which}: {verdict}"
 
 
