@@ -118,10 +118,23 @@ def sft_token_losses(model, batch: dict):
     """Cross-entropy of each response token, shape (N,) with N = batch["loss_mask"].sum()."""
     import torch.nn.functional as F
 
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                logits_to_keep=batch["loss_mask"], use_cache=False)
-    logits = out.logits  # (N, V): only the masked positions were projected onto the vocabulary
-    return F.cross_entropy(logits.float(), batch["targets"][batch["loss_mask"]], reduction="none")
+    mask = batch["loss_mask"]
+    if _logits_mask_supported():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=mask,
+                    use_cache=False)
+        logits = out.logits  # (N, V): only the masked positions were projected onto the vocabulary
+    else:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        logits = out.logits[mask]
+    return F.cross_entropy(logits.float(), batch["targets"][mask], reduction="none")
+
+
+def _logits_mask_supported() -> bool:
+    """Whether this transformers takes a boolean `logits_to_keep` mask (5.24, the pinned version, does; 5.17 takes
+    only a count or indices). Older versions get the same losses from full logits, at more memory."""
+    from transformers import modeling_utils
+
+    return hasattr(modeling_utils, "slice_logits_to_keep")
 
 
 def sft_loss(model, batch: dict):

@@ -66,6 +66,22 @@ def test_response_only_loss_matches_transformers_masked_labels(tiny):
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
+def test_a_transformers_without_boolean_logits_masks_gets_the_same_losses(tiny, monkeypatch):
+    """transformers 5.17 takes no boolean logits_to_keep mask: the full logits, masked after, give the same losses."""
+    import selfmotivated.sft as sft
+
+    model, tok = tiny
+    items, _ = tokenize_sft([{"prompt": prompt_of("What is 2 plus 2?"), "response": "4. The answer is 4."},
+                             {"prompt": prompt_of("Why?"), "response": "Because. The answer is yes."}], tok, 512)
+    batch = collate_sft(items, tok.pad_token_id)
+    with torch.no_grad():
+        masked = sft.sft_token_losses(model, batch)
+        monkeypatch.setattr(sft, "_logits_mask_supported", lambda: False)
+        full = sft.sft_token_losses(model, batch)
+    assert masked.shape == full.shape == (int(batch["loss_mask"].sum()),)
+    assert torch.allclose(masked, full, atol=1e-6)
+
+
 def test_full_sft_learns_and_saves_a_loadable_model(tiny_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
