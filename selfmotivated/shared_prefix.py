@@ -76,6 +76,8 @@ def prefix_shared_hidden(
     out = body(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=real_positions(prefix_mask),
                use_cache=True)
     prefix_last = out.last_hidden_state[:, -1][row_prefix]  # (B, H): left padding puts it in the last column
+    # transformers 5.24 (pinned) names the KV cache `cache`; earlier 5.x releases name it `past_key_values`
+    cache_name = "cache" if hasattr(out, "cache") else "past_key_values"
     T = suffix_ids.shape[1]
     lengths = suffix_mask.sum(-1)
     chunks = suffix_chunks(suffix_mask)
@@ -83,11 +85,11 @@ def prefix_shared_hidden(
     for rows in chunks:
         rows = rows.to(suffix_ids.device)
         t = max(int(lengths[rows].max()), 1)  # the chunk's longest row: the padding after it is not computed
-        cache = _expanded_cache(out.cache, row_prefix[rows], body.config)
+        cache = _expanded_cache(getattr(out, cache_name), row_prefix[rows], body.config)
         mask = torch.cat([prefix_mask[row_prefix[rows]], suffix_mask[rows, :t]], dim=1)  # as the plain pass's
         positions = prefix_mask.sum(-1)[row_prefix[rows], None] + torch.arange(t, device=suffix_ids.device)
-        h = body(input_ids=suffix_ids[rows, :t], attention_mask=mask, position_ids=positions, cache=cache,
-                 use_cache=True).last_hidden_state  # (rows, t, H)
+        h = body(input_ids=suffix_ids[rows, :t], attention_mask=mask, position_ids=positions,
+                 use_cache=True, **{cache_name: cache}).last_hidden_state  # (rows, t, H)
         parts.append(torch.nn.functional.pad(h, (0, 0, 0, T - t)))  # padding positions: zeros, never read
     if len(chunks) == 1:
         return prefix_last, parts[0]

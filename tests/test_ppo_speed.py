@@ -225,8 +225,9 @@ def test_bench_ppo_times_the_plain_path_side_by_side():
     assert r["first_rollouts_identical"] >= 0.5
     assert set(r["phase_seconds"]) == set(r["baseline_phase_seconds"]) and r["baseline"]
     assert "ppo_peak_mb" not in r and "against the plain path" in format_bench_ppo(r)
-    # on this CPU in float32 every speed option is on by default
-    assert r["speed_options"] == {"reuse_sampler_logprobs": True, "share_prompts": True, "pack_weights": True}
+    # on a CPU in float32 every speed option is on by default; on a GPU prompt sharing and packing are off
+    on_cpu = not torch.cuda.is_available()
+    assert r["speed_options"] == {"reuse_sampler_logprobs": True, "share_prompts": on_cpu, "pack_weights": on_cpu}
 
 
 def test_prompt_sharing_defaults_to_the_cpu_only():
