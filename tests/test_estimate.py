@@ -55,7 +55,7 @@ def test_stage_work_follows_the_settings():
     assert base["ppo"]["generated_tokens"] == ppo["iterations"] * ppo["prompts_per_iteration"] * \
         ppo["samples_per_prompt"] * ppo["max_new_tokens"]
     twice = by_stage(estimate_pipeline(demo(ppo={**ppo, "iterations": 2 * ppo["iterations"]}), RATES))
-    assert twice["ppo"]["minutes"] == pytest.approx(2 * base["ppo"]["minutes"], rel=1e-3)
+    assert twice["ppo"]["minutes"] == pytest.approx(2 * base["ppo"]["minutes"], abs=0.011)  # minutes are rounded to 0.01
     assert twice["sft"] == base["sft"]  # other stages do not move
     # The plain path (old log-probs by a forward pass, prompts encoded per sample) costs more forward tokens.
     plain = by_stage(estimate_pipeline(demo(ppo={**ppo, "reuse_sampler_logprobs": False,
