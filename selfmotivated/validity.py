@@ -257,7 +257,10 @@ def answer_edit_items(rows: Sequence[dict], examples: Sequence, seed: int = 0) -
         (view,), (finished,) = reward_views([r["text"]], [ex], [not r.get("finished", True)])
         if not finished:
             continue
-        answer = canonical_number(r["prediction"])
+        try:
+            answer = canonical_number(r["prediction"])
+        except ValueError:
+            continue
         for wrong in wrong_numbers(answer, 2 if signed else 1, signed, (seed, r["id"], r.get("sample"))):
             edited = edit_answer(view, answer, wrong)
             if edited is not None:
