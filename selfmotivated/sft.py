@@ -15,6 +15,7 @@ EOS, so the model learns to stop) only; logits are computed only at those positi
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -129,6 +130,7 @@ def sft_token_losses(model, batch: dict):
     return F.cross_entropy(logits.float(), batch["targets"][mask], reduction="none")
 
 
+@functools.cache
 def _logits_mask_supported() -> bool:
     """Whether this transformers takes a boolean `logits_to_keep` mask (5.24, the pinned version, does; 5.17 takes
     only a count or indices). Older versions get the same losses from full logits, at more memory."""

@@ -228,15 +228,11 @@ def sample_and_score(policy: str, reward_model_dir: str | Path, examples: Sequen
     return rows
 
 
-def _negated(number: str) -> str:
-    return number[1:] if number.startswith("-") else "-" + number
-
-
 def answer_edit_items(rows: Sequence[dict], examples: Sequence, seed: int = 0) -> list[tuple[str, str, str, str]]:
     """(question id, edit kind, response, edited response) for each right, finished sample of a numeric question:
     its response as the reward model reads it (`reward_views`) with the answer negated (kind "negated", when the
     examples' golds have both signs) and changed to another wrong number ("other")."""
-    from .rationales.edits import edit_answer, wrong_numbers
+    from .rationales.edits import both_signs, edit_answer, negated, wrong_numbers
     from .rationales.rank import reward_views
     from .records import canonical_number
 
@@ -248,7 +244,7 @@ def answer_edit_items(rows: Sequence[dict], examples: Sequence, seed: int = 0) -
                 golds.add(canonical_number(ex.gold))
             except ValueError:
                 pass
-    signed = any(g.startswith("-") for g in golds) and any(not g.startswith("-") for g in golds)
+    signed = both_signs(golds)
     items = []
     for r in rows:
         ex = by_id.get(r["id"])
@@ -264,7 +260,7 @@ def answer_edit_items(rows: Sequence[dict], examples: Sequence, seed: int = 0) -
         for wrong in wrong_numbers(answer, 2 if signed else 1, signed, (seed, r["id"], r.get("sample"))):
             edited = edit_answer(view, answer, wrong)
             if edited is not None:
-                items.append((ex.id, "negated" if wrong == _negated(answer) else "other", view, edited))
+                items.append((ex.id, "negated" if wrong == negated(answer) else "other", view, edited))
     return items
 
 

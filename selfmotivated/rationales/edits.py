@@ -43,13 +43,23 @@ def edit_answer(text: str, answer: str, wrong: str) -> str | None:
     return edited if count else None
 
 
+def negated(number: str) -> str:
+    """The canonical number with its sign flipped ("7" -> "-7", "-7" -> "7")."""
+    return number[1:] if number.startswith("-") else "-" + number
+
+
+def both_signs(numbers) -> bool:
+    """Whether canonical numbers include negative and non-negative ones (a task whose answers have both signs)."""
+    numbers = list(numbers)
+    return any(n.startswith("-") for n in numbers) and any(not n.startswith("-") for n in numbers)
+
+
 def wrong_numbers(answer: str, k: int, signed: bool, seed) -> list[str]:
     """Up to k wrong answers for a numeric answer: its negation first when `signed` (the set's golds have both
     signs) and the answer is not 0, then the synthetic candidates the rank uses, in a seeded order."""
     rng = random.Random(stable_seed("edit", seed))
     value = canonical_number(answer)
-    pool = ([canonical_number(f"-{value}") if not value.startswith("-") else value[1:]] if signed and value != "0"
-            else [])
+    pool = [negated(value)] if signed and value != "0" else []
     pool += _number_candidates(value, rng, allow_negative=signed)
     out: list[str] = []
     for candidate in pool:
@@ -84,7 +94,7 @@ def answer_edit_pairs(rows: Sequence[dict], per_response: int, seed: int = 0) ->
             right.setdefault((str(r["question_id"]), r["chosen"].strip()), r)
     stated = {key: _stated_number(key[1]) for key in right}
     golds = {stated[key] for key in right if stated[key] is not None}
-    signed = any(g.startswith("-") for g in golds) and any(not g.startswith("-") for g in golds)
+    signed = both_signs(golds)
     pairs = []
     for (qid, text), row in right.items():
         answer = stated[(qid, text)]
